@@ -128,6 +128,12 @@ def to_uint8(image: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) ->
     return (np.clip((image - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
 
 
+def check_image_suffix(path: str | os.PathLike) -> None:
+    """Raise InputError unless ``path`` has an image extension `write_image` knows."""
+    if _suffix(path) not in IMAGE_SUFFIXES:
+        raise InputError(f"unknown output type {path}: use one of {', '.join(IMAGE_SUFFIXES)}")
+
+
 def write_image(path: str | os.PathLike, image, detector: Detector | None = None) -> None:
     """Write a DRR (H, W) or a batch (B, H, W) by the file's extension.
 
@@ -142,6 +148,7 @@ def write_image(path: str | os.PathLike, image, detector: Detector | None = None
         array = array[0]
     if array.ndim not in (2, 3):
         raise InputError(f"a DRR must be (H, W) or (B, H, W), got shape {array.shape}")
+    check_image_suffix(path)
     suffix = _suffix(path)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
@@ -151,15 +158,13 @@ def write_image(path: str | os.PathLike, image, detector: Detector | None = None
 
         tiled = np.concatenate(list(array), axis=1) if array.ndim == 3 else array
         Image.fromarray(to_uint8(tiled)).save(path)
-    elif suffix in (".nrrd", ".nii", ".nii.gz", ".mha"):
+    else:  # .nrrd, .nii, .nii.gz, .mha
         sitk = _sitk()
         img = sitk.GetImageFromArray(array)
         if detector is not None:
             du, dv = float(detector.pixel_spacing[1]), float(detector.pixel_spacing[0])
             img.SetSpacing((du, dv) if array.ndim == 2 else (du, dv, 1.0))
         sitk.WriteImage(img, str(path))
-    else:
-        raise InputError(f"unknown output type {path}: use one of {', '.join(IMAGE_SUFFIXES)}")
 
 
 # --------------------------------------------------------------------------

@@ -39,7 +39,7 @@ __all__ = ["render", "RENDERERS", "RayBundle", "pixel_rays", "clip_to_box"]
 
 RENDERERS: dict[str, str] = {"siddon": "exact radiological path", "trilinear": "trilinear ray marching"}
 
-DEFAULT_MAX_MEMORY_MB = 1024.0
+DEFAULT_MAX_MEMORY_MB = 256.0  # measured best on 2 CPU cores (bench sweep, see README)
 
 
 def _integrator(renderer: str, step_voxels: float) -> tuple[Callable[[torch.Tensor, RayBundle], torch.Tensor], Callable]:
