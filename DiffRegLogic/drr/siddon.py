@@ -69,10 +69,11 @@ def integrate(mu: torch.Tensor, rays: RayBundle) -> torch.Tensor:
         first = (voxel + 0.5 * step - sa) / safe
         alpha = torch.addcmul(first[..., None], k, (step / safe)[..., None])
         with torch.no_grad():
-            valid = alpha < tf[..., None]
+            # only the first `count` crossings of each ray are real (rays that miss the box have none)
+            valid = k < count[..., None]
             delta = torch.where(forward, strides[axis], -strides[axis]).to(index_dtype)
             deltas.append(valid.to(index_dtype) * delta[..., None])
-        alphas.append(torch.minimum(alpha, tf[..., None]))
+        alphas.append(torch.where(valid, torch.minimum(alpha, tf[..., None]), tf[..., None]))
     alphas.append(tf[..., None])
     deltas.append(deltas[0])
     crossings = torch.cat(alphas, -1)
