@@ -1,11 +1,15 @@
 """Trilinear ray marching with rays clipped to the volume box.
 
-Each ray's clipped chord [t_near, t_far] is cut into n equal steps, n chosen
-per ray so that one step advances at most ``step_voxels`` voxels along any
-index axis (the step is sized in voxels, not in source-to-detector length);
-mu is interpolated trilinearly at the step midpoints (midpoint rule). Rays
-are padded to the longest ray of the tile with zero-weight samples, so a
-ray's value does not depend on how the detector is tiled.
+Each ray's clipped chord [t_near, t_far] is walked in steps that advance
+exactly ``step_voxels`` voxels along the ray's dominant index axis (the step
+is sized in voxels, not in source-to-detector length); mu is interpolated
+trilinearly at each step's midpoint (midpoint rule). The chord rarely holds a
+whole number of steps: the remainder is one shorter last step, sampled at its
+own midpoint and weighted by its length. That makes the DRR a *continuous*
+function of the pose and intrinsics (a pose-dependent sample count would make
+it jump whenever a ray gains a step), so its gradient agrees with finite
+differences. Rays are padded to the longest ray of the tile with zero-weight
+samples, so a ray's value does not depend on how the detector is tiled.
 
 Outside the outermost voxel centres (the last half voxel of the box) mu is
 extended by its border value, so a uniform volume integrates exactly.
@@ -26,8 +30,8 @@ BYTES_PER_SAMPLE = 64
 
 
 def max_samples_per_ray(shape_ijk, step_voxels: float) -> int:
-    """Upper bound on samples per ray: the longest axis of the box over the step."""
-    return int(math.ceil(max(shape_ijk) / step_voxels)) + 1
+    """Upper bound on samples per ray: the longest axis of the box over the step, plus the partial step."""
+    return int(math.ceil(max(shape_ijk) / step_voxels)) + 2
 
 
 def integrate(mu: torch.Tensor, rays: RayBundle, step_voxels: float = 1.0) -> torch.Tensor:
@@ -35,18 +39,21 @@ def integrate(mu: torch.Tensor, rays: RayBundle, step_voxels: float = 1.0) -> to
     src, d, tn, tf = rays.source, rays.direction, rays.t_near, rays.t_far
     nk, nj, ni = mu.shape
     chord = tf - tn  # alpha units
+    h = step_voxels / d.abs().amax(-1)  # alpha per step: step_voxels along the dominant axis, (B, R)
     with torch.no_grad():
-        reach = chord * d.abs().amax(-1)  # longest index excursion along the chord
-        n = torch.ceil(reach / step_voxels).clamp_min(1)
-        most = int(n.max()) if n.numel() else 1
+        whole = torch.floor(chord / h)  # number of full steps
+        most = int(whole.max()) + 1 if whole.numel() else 1
         k = torch.arange(most, dtype=d.dtype, device=d.device)
-        weight = (k < n[..., None]).to(d.dtype)  # padding samples of shorter rays count 0
-    dt = chord / n  # (B, R)
-    # sample k at alpha = tn + (k + 1/2) dt, in grid_sample's [-1, 1] coordinates (i, j, k order)
+        is_full = k < whole[..., None]
+        is_last = k == whole[..., None]
+    rest = chord - whole * h  # length of the last, partial step (alpha units)
+    # sample k: midpoint of full step k, or of the partial step; padding samples weigh 0
+    offset = torch.where(is_full, (k + 0.5) * h[..., None], (whole * h + 0.5 * rest)[..., None])
+    weight = torch.where(is_full, h[..., None], torch.where(is_last, rest[..., None], torch.zeros_like(offset)))
+    # positions in grid_sample's [-1, 1] coordinates (i, j, k order)
     scale = torch.tensor([2.0 / (ni - 1), 2.0 / (nj - 1), 2.0 / (nk - 1)], dtype=d.dtype, device=d.device)
-    step = (dt[..., None] * d) * scale  # (B, R, 3)
-    start = (src + tn[..., None] * d) * scale - 1.0 + 0.5 * step
-    grid = torch.addcmul(start[..., None, :], k[:, None], step[..., None, :])  # (B, R, N, 3)
+    start = (src + tn[..., None] * d) * scale - 1.0  # (B, R, 3)
+    grid = torch.addcmul(start[..., None, :], offset[..., None], (d * scale)[..., None, :])  # (B, R, N, 3)
     b, r = tn.shape
     # PyTorch's CPU grid_sample for 3D inputs runs in parallel over the batch
     # dimension only: split the rays into chunks over a stride-0 expanded volume.
@@ -61,5 +68,4 @@ def integrate(mu: torch.Tensor, rays: RayBundle, step_voxels: float = 1.0) -> to
         grid.reshape(chunks, per_chunk, most, 1, 3),
         mode="bilinear", padding_mode="border", align_corners=True,
     ).reshape(-1, most)[:total].reshape(b, r, most)
-    return (sampled * weight).sum(-1) * dt * rays.length_mm
-
+    return (sampled * weight).sum(-1) * rays.length_mm
