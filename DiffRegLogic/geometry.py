@@ -23,6 +23,7 @@ unless a name says ``_deg``; lengths are millimetres.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -64,11 +65,12 @@ class Detector:
     def __post_init__(self) -> None:
         for name in ("rows", "cols"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise InputError(
                     f"detector {name} must be a positive integer, got {value!r}; "
                     "a detector needs at least one pixel in each direction"
                 )
+            object.__setattr__(self, name, int(value))  # numpy integers -> int
         sdd = _as_float_tensor(self.sdd)
         if sdd.numel() != 1 or not torch.isfinite(sdd).all() or float(sdd) <= 0:
             raise InputError(f"source-to-detector distance must be a finite positive number of mm, got {self.sdd!r}")
@@ -233,7 +235,6 @@ def so3_log(rotation: torch.Tensor) -> torch.Tensor:
     """Rotation vector (..., 3) of a rotation matrix (..., 3, 3); angle in [0, pi]."""
     trace = rotation[..., 0, 0] + rotation[..., 1, 1] + rotation[..., 2, 2]
     cos = ((trace - 1) / 2).clamp(-1, 1)
-    angle = torch.acos(cos)
     vee = torch.stack(
         [
             rotation[..., 2, 1] - rotation[..., 1, 2],
@@ -242,7 +243,9 @@ def so3_log(rotation: torch.Tensor) -> torch.Tensor:
         ],
         -1,
     )
-    sin = torch.sin(angle)
+    # atan2 keeps full precision at every angle (acos loses digits near 0 and pi)
+    sin = vee.norm(dim=-1) / 2
+    angle = torch.atan2(sin, cos)
     small = angle < 1e-6
     scale = torch.where(small, 0.5 + angle**2 / 12, angle / (2 * torch.where(small, torch.ones_like(sin), sin)))
     omega = vee * scale[..., None]
@@ -273,12 +276,14 @@ def se3_log(matrix: torch.Tensor) -> torch.Tensor:
     omega = so3_log(matrix[..., :3, :3])
     angle = omega.norm(dim=-1)
     w = skew(omega)
-    small = angle < 1e-4
+    # coef = (1 - (a/2) cot(a/2)) / a^2; the closed form cancels for small a, so use its series there
+    small = angle < 1e-2
     safe = torch.where(small, torch.ones_like(angle), angle)
+    half = safe / 2
     coef = torch.where(
         small,
-        1.0 / 12 + angle**2 / 720,
-        (1 - safe * torch.sin(safe) / (2 * (1 - torch.cos(safe)))) / safe**2,
+        1.0 / 12 + angle**2 / 720 + angle**4 / 30240,
+        (1 - half * torch.cos(half) / torch.sin(half)) / safe**2,
     )
     eye = torch.eye(3, dtype=matrix.dtype, device=matrix.device)
     v_inv = eye - 0.5 * w + coef[..., None, None] * (w @ w)

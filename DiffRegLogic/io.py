@@ -10,6 +10,7 @@ ever read.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -196,24 +197,30 @@ def detector_from_dict(data: dict, source: str = "geometry") -> Detector:
             f"{source} is missing {', '.join(repr(k) for k in missing)}; it needs "
             f"{', '.join(GEOMETRY_KEYS)} and optionally principal_point_px"
         )
-    spacing = data["pixel_spacing_mm"]
-    if isinstance(spacing, (int, float)):
-        spacing = [spacing, spacing]
-    if not isinstance(spacing, (list, tuple)) or len(spacing) != 2:
-        raise InputError(f"{source}: pixel_spacing_mm must be [row_mm, col_mm], got {spacing!r}")
-    rows, cols = data["rows"], data["cols"]
-    if not (isinstance(rows, int) and isinstance(cols, int)):
-        raise InputError(f"{source}: rows and cols must be integers, got {rows!r} and {cols!r}")
+    def number(key, value, positive=True) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise InputError(f"{source}: {key} must be a finite {'positive ' if positive else ''}number, got {value!r}")
+        return float(value)
+
+    def pair(key, value, positive, meaning) -> tuple[float, float]:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "pixel_spacing_mm":
+            value = [value, value]
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise InputError(f"{source}: {key} must be {meaning}, got {value!r}")
+        return number(f"{key}[0]", value[0], positive), number(f"{key}[1]", value[1], positive)
+
+    for key in ("rows", "cols"):
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{source}: {key} must be a positive integer number of pixels, got {value!r}")
+    sdd = number("source_to_detector_mm", data["source_to_detector_mm"])
+    spacing = pair("pixel_spacing_mm", data["pixel_spacing_mm"], True, "[row_mm, col_mm]")
     pp = data.get("principal_point_px")
-    if pp is not None and (not isinstance(pp, (list, tuple)) or len(pp) != 2):
-        raise InputError(f"{source}: principal_point_px must be [col_px, row_px], got {pp!r}")
-    try:
-        sdd = float(data["source_to_detector_mm"])
-        spacing = (float(spacing[0]), float(spacing[1]))
-        pp = None if pp is None else (float(pp[0]), float(pp[1]))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{source}: geometry values must be numbers ({exc})") from exc
-    return Detector(rows=rows, cols=cols, sdd=sdd, pixel_spacing=spacing, principal_point=pp)
+    if pp is not None:
+        pp = pair("principal_point_px", pp, False, "[col_px, row_px]")
+    return Detector(rows=data["rows"], cols=data["cols"], sdd=sdd, pixel_spacing=spacing, principal_point=pp)
 
 
 def detector_to_dict(detector: Detector) -> dict:

@@ -180,6 +180,6 @@ class Volume:
         step[:3, 3] = (scale - 1) / 2
         labels = None
         if self.labels is not None:
-            labels = torch.nn.functional.interpolate(self.labels[None, None].float(), size=new_kji, mode="nearest")[0, 0]
+            labels = torch.nn.functional.interpolate(self.labels[None, None].float(), size=new_kji, mode="nearest-exact")[0, 0]
             labels = labels.to(self.labels.dtype)
         return Volume(mu, self.affine @ step, labels)
