@@ -1,0 +1,155 @@
+"""The `diffreg` command line: demo, render and pose end to end, and its error handling."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+
+from DiffRegLogic import Detector, render
+from DiffRegLogic.cli import DEMO_PERTURBATION, main
+from DiffRegLogic.geometry import clinical_to_pose
+from DiffRegLogic.io import read_volume
+
+GEOMETRY = {"source_to_detector_mm": 1000.0, "rows": 24, "cols": 30, "pixel_spacing_mm": [2.0, 1.5],
+            "principal_point_px": [14.0, 12.5]}
+
+
+@pytest.fixture()
+def ct_file(tmp_path):
+    """A small CT (HU) with an oblique LPS direction, written with SimpleITK."""
+    rng = np.random.default_rng(0)
+    hu = (rng.uniform(-1000, 1500, size=(14, 16, 18))).astype(np.float32)
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((2.0, 2.2, 2.5))
+    c, s = np.cos(0.3), np.sin(0.3)
+    image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    image.SetOrigin((10.0, -5.0, 3.0))
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _write_json(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_pose_then_render_matches_the_python_api(tmp_path, ct_file, capsys):
+    geometry = _write_json(tmp_path / "geometry.json", GEOMETRY)
+    before = _sha(ct_file)
+    assert main(["pose", "--ct", str(ct_file), "--clinical", "20", "-10", "--source-to-isocenter", "500",
+                 "--out", str(tmp_path / "pose.json")]) == 0
+    volume = read_volume(ct_file)
+    pose_json = json.loads((tmp_path / "pose.json").read_text())
+    expected_pose = clinical_to_pose(20.0, -10.0, 500.0, volume.center)
+    np.testing.assert_allclose(np.array(pose_json["camera_from_world"]), expected_pose.numpy(), atol=1e-12)
+    np.testing.assert_allclose(pose_json["isocenter_ras_mm"], volume.center.numpy(), atol=1e-12)
+
+    for renderer in ("siddon", "trilinear"):
+        out = tmp_path / f"drr_{renderer}.npy"
+        assert main(["render", "--ct", str(ct_file), "--geometry", str(geometry), "--pose", str(tmp_path / "pose.json"),
+                     "--out", str(out), "--renderer", renderer, "--device", "cpu"]) == 0
+        drr = np.load(out)
+        detector = Detector(24, 30, 1000.0, (2.0, 1.5), (14.0, 12.5))
+        want = render(volume, detector, expected_pose.float(), renderer)[0].numpy()
+        assert drr.shape == (24, 30) and drr.dtype == np.float32
+        np.testing.assert_allclose(drr, want, rtol=1e-5, atol=1e-6)
+        assert drr.max() > 1.0
+    assert _sha(ct_file) == before, "the input CT must not be modified"
+
+    nrrd = tmp_path / "drr.nrrd"
+    assert main(["render", "--ct", str(ct_file), "--geometry", str(geometry), "--pose", str(tmp_path / "pose.json"),
+                 "--out", str(nrrd), "--device", "cpu"]) == 0
+    image = sitk.ReadImage(str(nrrd))
+    assert image.GetSpacing() == pytest.approx((1.5, 2.0))  # (column, row) spacing in ITK order
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), np.load(tmp_path / "drr_siddon.npy"), rtol=1e-6)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_demo_writes_result_and_overlay(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    for name in result["files"]:
+        assert (out / name).exists(), name
+    target = np.array(result["target_camera_from_world"])
+    start = np.array(result["start_camera_from_world"])
+    # the start differs from the target by the documented perturbation about the CT centre (the RAS origin)
+    motion = np.linalg.inv(target) @ start
+    rx, ry, rz = np.deg2rad(DEMO_PERTURBATION[:3])
+    cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+    rot_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    rot_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    rot_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    np.testing.assert_allclose(motion[:3, :3], rot_z @ rot_x @ rot_y, atol=1e-12)
+    np.testing.assert_allclose(motion[:3, 3], DEMO_PERTURBATION[3:], atol=1e-9)
+    angle = np.degrees(np.arccos((np.trace(motion[:3, :3]) - 1) / 2))
+    assert result["start_error"]["rotation_deg"] == pytest.approx(angle, abs=1e-9)
+    assert result["start_error"]["translation_mm"] == pytest.approx(np.linalg.norm(DEMO_PERTURBATION[3:]), abs=1e-9)
+    assert result["registered"] is False
+    # pictures: overlay has the target in red and blue, the start in green
+    overlay = np.asarray(Image.open(out / "overlay.png"))
+    target_png = np.asarray(Image.open(out / "target.png"))
+    assert overlay.shape == (200, 200, 3) and target_png.shape == (200, 200)
+    np.testing.assert_array_equal(overlay[..., 0], target_png)
+    np.testing.assert_array_equal(overlay[..., 2], target_png)
+    assert np.abs(overlay[..., 1].astype(int) - target_png).mean() > 5, "start and target must differ"
+    fixed = np.load(out / "target.npy")
+    assert fixed.shape == (200, 200) and fixed.min() >= 0 and fixed.max() > 1.0
+    assert 0.5 < result["start_zncc"] < 0.99
+
+
+@pytest.mark.parametrize("problem", ["missing_key", "bad_json", "missing_ct", "ct_2d", "bad_suffix", "not_rigid"])
+def test_render_errors_exit_2_with_a_message(tmp_path, ct_file, capsys, problem):
+    geometry = _write_json(tmp_path / "geometry.json", GEOMETRY)
+    pose = _write_json(tmp_path / "pose.json", {"camera_from_world": np.eye(4).tolist()})
+    ct, out = str(ct_file), tmp_path / "drr.npy"
+    expect = {
+        "missing_key": "missing 'rows'", "bad_json": "not valid JSON", "missing_ct": "not found",
+        "ct_2d": "2D image", "bad_suffix": "unknown output type", "not_rigid": "is not rigid",
+    }[problem]
+    if problem == "missing_key":
+        _write_json(geometry, {k: v for k, v in GEOMETRY.items() if k != "rows"})
+    elif problem == "bad_json":
+        geometry.write_text("{rows: 3")
+    elif problem == "missing_ct":
+        ct = str(tmp_path / "nothing.nii.gz")
+    elif problem == "ct_2d":
+        ct = str(tmp_path / "xray.nrrd")
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 30), np.float32)), ct)
+    elif problem == "bad_suffix":
+        out = tmp_path / "drr.jpg"
+    elif problem == "not_rigid":
+        scaled = np.eye(4)
+        scaled[:3, :3] *= 2.0
+        _write_json(pose, {"camera_from_world": scaled.tolist()})
+    code = main(["render", "--ct", ct, "--geometry", str(geometry), "--pose", str(pose), "--out", str(out),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and expect in err, err
+    assert not out.exists()
+
+
+def test_cuda_requested_without_cuda(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "result.json").exists()
+
+
+def test_pose_needs_its_distances(tmp_path, capsys):
+    assert main(["pose", "--clinical", "10", "0", "--out", str(tmp_path / "p.json")]) == 2
+    assert "--source-to-isocenter" in capsys.readouterr().err
+    assert main(["pose", "--spherical", "0", "0", "0", "0", "0", "0", "--out", str(tmp_path / "p.json")]) == 2
+    assert "--sdd" in capsys.readouterr().err
