@@ -10,7 +10,7 @@ oblique direction matrices, anisotropic spacing, flipped axes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 

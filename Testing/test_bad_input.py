@@ -78,6 +78,8 @@ def test_unknown_renderer_and_bad_step(tiny):
         render(volume, detector, pose, "trilinear", step_voxels=0.0)
     with pytest.raises(InputError, match="tile_rays"):
         render(volume, detector, pose, tile_rays=0)
+    with pytest.raises(InputError, match="max_memory_mb"):
+        render(volume, detector, pose, max_memory_mb=0)
 
 
 def test_wrong_argument_types(tiny):

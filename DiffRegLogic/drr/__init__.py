@@ -103,6 +103,8 @@ def render(
     if not isinstance(detector, Detector):
         raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
     integrate, _ = _integrator(renderer, step_voxels)
+    if not (max_memory_mb > 0):
+        raise InputError(f"max_memory_mb must be a positive number of MB, got {max_memory_mb}")
     pose = check_pose(pose).to(device=volume.mu.device, dtype=volume.mu.dtype)
     n_poses = pose.shape[0]
     pixels = detector_pixels(detector, volume.mu.dtype, volume.mu.device)
