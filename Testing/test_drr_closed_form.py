@@ -88,18 +88,25 @@ def test_uniform_box_whole_volume_is_exact(renderer):
         np.testing.assert_allclose(drr, expected, rtol=1e-9, atol=1e-12)
 
 
+def sub_box_volume(shape_kji, lo, hi, mu_value: float, spacing) -> tuple[Volume, list, list, torch.Tensor]:
+    """Volume with mu_value on voxels lo..hi (i, j, k, inclusive), an oblique affine; returns
+    (volume, box face minimum, box face maximum (index units), box centre (RAS))."""
+    mu = torch.zeros(shape_kji, dtype=torch.float64)
+    mu[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = mu_value
+    volume = Volume(mu, oblique_affine(spacing=spacing))
+    box_lo, box_hi = [v - 0.5 for v in lo], [v + 0.5 for v in hi]
+    box_center = volume.index_to_world(torch.tensor([(a + b) / 2 for a, b in zip(lo, hi)], dtype=torch.float64))
+    return volume, box_lo, box_hi, box_center
+
+
 def test_siddon_sub_box_at_oblique_angles_is_exact():
     """A box of voxels inside the volume: Siddon equals the world-space chord x mu to < 1e-4 relative."""
     mu_value = 0.03
     shape_kji = (20, 24, 22)
     lo, hi = (4, 6, 3), (15, 17, 14)  # voxel index range (i, j, k), inclusive
-    mu = torch.zeros(shape_kji, dtype=torch.float64)
-    mu[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = mu_value
-    affine = oblique_affine(spacing=(1.1, 1.4, 0.8))
-    volume = Volume(mu, affine)
+    volume, box_lo, box_hi, box_center = sub_box_volume(shape_kji, lo, hi, mu_value, (1.1, 1.4, 0.8))
+    affine = volume.affine
     detector = Detector(rows=15, cols=13, sdd=800.0, pixel_spacing=(1.5, 1.7))
-    box_lo, box_hi = [v - 0.5 for v in lo], [v + 0.5 for v in hi]
-    box_center = volume.index_to_world(torch.tensor([(a + b) / 2 for a, b in zip(lo, hi)], dtype=torch.float64))
     checked = 0
     for pose in oblique_views(box_center.numpy(), 400.0, 5, seed=2):
         for dtype, rtol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
@@ -118,14 +125,10 @@ def test_trilinear_sub_box_away_from_edges():
     mu_value = 0.03
     shape_kji = (40, 40, 40)
     lo, hi = (8, 10, 9), (31, 29, 30)
-    mu = torch.zeros(shape_kji, dtype=torch.float64)
-    mu[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = mu_value
-    affine = oblique_affine(spacing=(1.0, 1.2, 0.9))
-    volume = Volume(mu, affine)
+    volume, box_lo, box_hi, box_center = sub_box_volume(shape_kji, lo, hi, mu_value, (1.0, 1.2, 0.9))
+    affine = volume.affine
     detector = Detector(rows=21, cols=21, sdd=900.0, pixel_spacing=(1.0, 1.0))
-    box_lo, box_hi = [v - 0.5 for v in lo], [v + 0.5 for v in hi]
     inner_lo, inner_hi = [v + 1.5 for v in box_lo], [v - 1.5 for v in box_hi]
-    box_center = volume.index_to_world(torch.tensor([(a + b) / 2 for a, b in zip(lo, hi)], dtype=torch.float64))
     for pose in oblique_views(box_center.numpy(), 450.0, 4, seed=3):
         drr = render(volume, detector, pose, "trilinear", step_voxels=0.5)[0].numpy().ravel()
         src, tgt = pixel_rays_world(detector, pose)

@@ -19,8 +19,8 @@ The detector is rendered in tiles of rays of at most ``TILE_MB`` of working
 memory each (smaller tiles stay in cache; measured fastest on CPU). When
 gradients are needed and the intermediates of all tiles together would
 exceed ``max_memory_mb``, each tile is checkpointed (its intermediates are
-recomputed in backward), so memory stays bounded by the budget, forward and
-backward; otherwise nothing is recomputed. Tiling does not change results.
+recomputed in backward), so autograd does not hold every tile's intermediates
+at once; otherwise nothing is recomputed. Tiling does not change results.
 """
 
 from __future__ import annotations
