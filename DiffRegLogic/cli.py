@@ -1,7 +1,9 @@
 """The ``diffreg`` command line tool: a thin layer over the engine.
 
-    diffreg demo   --out DIR                      # the main job on the built-in phantom
-    diffreg render --ct CT --geometry G.json --pose P.json --out OUT
+    diffreg demo     --out DIR                    # the main job on the built-in phantom
+    diffreg register --ct CT --xray X --geometry G.json --init P.json --out R.json
+    diffreg render   --ct CT --geometry G.json --pose P.json --out OUT
+    diffreg experiment landscape|robustness --out DIR [--n 100 --max-rot 45 --max-trans 60]
     diffreg pose   --ct CT --clinical PRIMARY SECONDARY --source-to-isocenter 600 --out P.json
 
 Errors in the input (missing files, bad JSON, wrong shapes, CUDA absent) print
@@ -83,6 +85,24 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory-mb", type=float, default=DEFAULT_MAX_MEMORY_MB,
                    help=f"working-memory budget per detector tile (default {DEFAULT_MAX_MEMORY_MB:g})")
     p.add_argument("--step-voxels", type=float, default=1.0, help="trilinear step length in voxels (default 1)")
+
+
+def _add_registration_options(p: argparse.ArgumentParser) -> None:
+    from .optimizers import OPTIMIZERS
+    from .registration import PARAMETERIZATIONS, RegistrationOptions
+    from .similarity import SIMILARITIES
+
+    d = RegistrationOptions()
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=d.optimizer, help="default: %(default)s")
+    p.add_argument("--similarity", choices=sorted(SIMILARITIES), default=d.similarity, help="default: %(default)s")
+    p.add_argument("--parameterization", choices=list(PARAMETERIZATIONS), default=d.parameterization,
+                   help="pose parameters: se3 (motion about the CT centre) or spherical (C-arm model)")
+    p.add_argument("--levels", type=float, nargs="+", default=list(d.levels),
+                   help="detector downsampling factors, coarse to fine (default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=d.max_iterations, help="iteration cap per level (default %(default)s)")
+    p.add_argument("--n-starts", type=int, default=d.n_starts, help="random starts around the initial pose (default 1)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random starts (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _add_hu_options(p: argparse.ArgumentParser) -> None:
@@ -173,56 +193,290 @@ def pose_difference(a: torch.Tensor, b: torch.Tensor, center: torch.Tensor) -> d
     return {"rotation_deg": float(np.rad2deg(angle)), "translation_mm": float((moved_center - center).norm())}
 
 
+def _registration_options(args):
+    """RegistrationOptions from the command line."""
+    from .registration import RegistrationOptions
+
+    return RegistrationOptions(
+        optimizer=args.optimizer, similarity=args.similarity, renderer=args.renderer,
+        parameterization=args.parameterization, levels=tuple(args.levels), max_iterations=args.iterations,
+        n_starts=args.n_starts, seed=args.seed, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb,
+    )
+
+
+def _progress_printer(quiet: bool):
+    """A registration callback printing one line per level (the last iteration's best similarity)."""
+    state = {"level": None}
+
+    def callback(progress) -> None:
+        if quiet:
+            return
+        if progress.level != state["level"]:
+            state["level"] = progress.level
+            print(f"  level {progress.level + 1}/{progress.n_levels}: similarity {progress.similarity:.4f} "
+                  f"({progress.elapsed:.1f} s)", flush=True)
+
+    return callback
+
+
+def _loss_curve(result) -> np.ndarray:
+    """Best similarity per iteration, one series per level; for similarities bounded by 1, 1 - similarity on a log axis."""
+    from .figures import line_plot
+
+    name = result.options.get("similarity", "similarity")
+    bounded = name != "mi"
+    series = {}
+    offset = 0
+    for level in sorted({e["level"] for e in result.trace}):
+        entries = [e for e in result.trace if e["level"] == level]
+        values = [(1.0 - e["best_similarity"]) if bounded else e["best_similarity"] for e in entries]
+        if bounded:
+            values = [v if v > 0 else float("nan") for v in values]
+        series[f"level {level + 1}"] = ([offset + e["iteration"] for e in entries], values)
+        offset += len(entries)
+    return line_plot(series, title="registration: best similarity so far", xlabel="iteration",
+                     ylabel=f"1 - {name}" if bounded else name, log_y=bounded)
+
+
+def _pose_report(estimate: torch.Tensor, truth: torch.Tensor, volume: Volume, detector: Detector) -> dict:
+    from . import evaluation
+
+    points = evaluation.target_points(volume.to("cpu"), 2000)
+    center = volume.center.to(torch.float64).cpu()
+    return {
+        "mtre_mm": float(evaluation.mtre(estimate, truth, points)),
+        "mpd_mm": float(evaluation.mpd(estimate, truth, points, detector)),
+        "mrpd_mm": float(evaluation.mrpd(estimate, truth, points, detector)),
+        "rotation_error_deg": float(evaluation.rotation_error_deg(estimate, truth)),
+        "translation_error_mm": float(evaluation.translation_error_mm(estimate, truth, center)),
+    }
+
+
 def cmd_demo(args) -> int:
+    from . import figures
+    from .phantoms import chest_phantom
+    from .registration import register
+    from .similarity import image_metrics
+
     device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from .phantoms import chest_phantom
-
     t0 = time.perf_counter()
     volume = chest_phantom(dtype=_dtype(args.dtype)).to(device)
     t_phantom = time.perf_counter() - t0
     detector = Detector(**DEMO_DETECTOR)
-    center = volume.center.cpu()
+    center = volume.center.cpu().to(torch.float64)
     target, start = demo_poses(center)
-    t0 = time.perf_counter()
     with torch.no_grad():
-        drrs = render(volume, detector, torch.stack([target, start]), args.renderer,
-                      max_memory_mb=args.max_memory_mb)
-    t_render = time.perf_counter() - t0
-    fixed, moving = drrs[0].cpu().numpy(), drrs[1].cpu().numpy()
+        drrs = render(volume, detector, torch.stack([target, start]), args.renderer, max_memory_mb=args.max_memory_mb)
+    xray, moving = drrs[0], drrs[1]
+    print(f"X-ray: a DRR of the phantom at the target pose ({detector.rows}x{detector.cols}); start "
+          f"{pose_difference(target, start, center)['rotation_deg']:.1f} deg / "
+          f"{pose_difference(target, start, center)['translation_mm']:.1f} mm away; registering "
+          f"({args.optimizer}, {args.similarity}, {args.renderer} on {device})", flush=True)
+    result = register(volume, xray, detector, start, _registration_options(args), callback=_progress_printer(args.quiet))
+    with torch.no_grad():
+        final = render(volume, detector, result.pose, args.renderer, max_memory_mb=args.max_memory_mb)[0]
+    fixed, before, after = xray.cpu().numpy(), moving.cpu().numpy(), final.cpu().numpy()
     io.write_image(out / "target.npy", fixed)
     io.write_image(out / "target.png", fixed)
-    io.write_image(out / "start.png", moving)
-    _write_png(out / "overlay.png", overlay_rgb(fixed, moving))
+    io.write_image(out / "start.png", before)
+    io.write_image(out / "registered.png", after)
+    _write_png(out / "overlay.png", overlay_rgb(fixed, before))
+    figures.save_png(out / "before_after.png", figures.before_after(fixed, before, after))
+    figures.save_png(out / "checkerboard.png", figures.checkerboard(fixed, after))
+    figures.save_png(out / "loss_curve.png", _loss_curve(result))
     io.write_json(out / "geometry.json", io.detector_to_dict(detector))
     io.write_json(out / "target_pose.json", io.pose_to_dict(target))
     io.write_json(out / "start_pose.json", io.pose_to_dict(start))
-    zncc = float(np.corrcoef(fixed.ravel(), moving.ravel())[0, 1])
-    result = {
+    io.write_json(out / "registered_pose.json", io.pose_to_dict(result.pose))
+    before_err = _pose_report(start, target, volume, detector)
+    after_err = _pose_report(result.pose, target, volume, detector)
+    files = ["result.json", "before_after.png", "checkerboard.png", "loss_curve.png", "overlay.png", "target.png",
+             "start.png", "registered.png", "target.npy", "geometry.json", "target_pose.json", "start_pose.json",
+             "registered_pose.json"]
+    summary = {
         "diffreg_version": __version__,
         "ct": "built-in chest phantom (DiffRegLogic.phantoms.chest_phantom)",
-        "renderer": args.renderer,
+        "xray": "DRR of the phantom at target_pose.json",
         "device": str(device),
         "geometry": io.detector_to_dict(detector),
+        "registered": True,
         "target_camera_from_world": target.tolist(),
         "start_camera_from_world": start.tolist(),
-        "start_error": pose_difference(target, start, center),
-        "start_zncc": zncc,
-        "registered": False,
-        "registration": "not run: gradient-based registration is not part of this version yet; "
-                        "the demo renders the target and the perturbed start and shows their overlay",
-        "seconds": {"phantom": round(t_phantom, 3), "render_2_drrs": round(t_render, 3)},
-        "files": ["target.png", "start.png", "overlay.png", "target.npy", "geometry.json",
-                  "target_pose.json", "start_pose.json", "result.json"],
+        "error_before": before_err,
+        "error_after": after_err,
+        "image_metrics_before": image_metrics(drrs[1], xray),
+        "image_metrics_after": image_metrics(final, xray),
+        "seconds": {"phantom": round(t_phantom, 3), "registration": round(result.seconds, 3)},
+        "files": files,
+        "registration": {k: v for k, v in result.to_dict().items() if k != "trace"},
     }
-    io.write_json(out / "result.json", result)
-    err = result["start_error"]
-    print(f"rendered target and start DRRs of the phantom ({detector.rows}x{detector.cols}, {args.renderer} on "
-          f"{device}, {t_render:.2f} s); start is {err['rotation_deg']:.1f} deg / {err['translation_mm']:.1f} mm "
-          f"from the target, ZNCC {zncc:.3f}")
-    print(f"wrote {out}/result.json, {out}/overlay.png (target magenta, start green)")
+    io.write_json(out / "result.json", summary)
+    state = "converged" if result.converged else f"stopped ({result.stop_reason})"
+    print(f"registration {state} in {result.seconds:.1f} s, {result.iterations} iterations: "
+          f"mTRE {before_err['mtre_mm']:.1f} -> {after_err['mtre_mm']:.2f} mm, "
+          f"rotation error {after_err['rotation_error_deg']:.2f} deg, ZNCC {result.initial_similarity:.3f} -> "
+          f"{result.similarity:.4f}")
+    print(f"wrote {out}/result.json, {out}/before_after.png (DRR edges over the X-ray), {out}/loss_curve.png")
     return 0
+
+
+# --------------------------------------------------------------------------
+# diffreg register
+# --------------------------------------------------------------------------
+
+
+def _read_registration_inputs(args, device):
+    """X-ray, detector, CT volume and initial pose from the command line (all checked before any work)."""
+    from .xray import check_xray, crop_detector, flip_detector, read_xray
+
+    crop = args.crop if args.crop in ("none", "auto") else tuple(int(v) for v in args.crop.split(","))
+    xray = read_xray(args.xray, intensity=args.intensity, frame=args.frame, flip_rows=args.flip_rows,
+                     flip_cols=args.flip_cols, crop=crop)
+    if args.geometry is not None:
+        detector = io.read_geometry(args.geometry)
+        rows, cols = xray.meta.get("shape_read", xray.shape)
+        if (detector.rows, detector.cols) == (rows, cols):
+            detector = flip_detector(detector, rows=args.flip_rows, cols=args.flip_cols)
+            margins = xray.meta.get("crop")
+            if margins and any(margins):
+                detector = crop_detector(detector, *margins)
+    elif xray.detector is not None:
+        detector = xray.detector
+    else:
+        raise InputError(
+            f"no geometry for {args.xray}: give --geometry G.json (source_to_detector_mm, rows, cols, "
+            "pixel_spacing_mm), or use a DICOM X-ray with DistanceSourceToDetector and ImagerPixelSpacing"
+        )
+    check_xray(xray.image, detector)
+    volume = load_ct(args.ct, _hu_to_mu(args), _dtype(args.dtype)).to(device)
+    center = volume.center.to(torch.float64).cpu()
+    if args.init is not None:
+        initial = io.read_pose(args.init)
+    else:
+        initial = xray.initial_pose(center)
+    truth = io.read_pose(args.truth) if args.truth is not None else None
+    return xray, detector, volume, initial, truth
+
+
+def cmd_register(args) -> int:
+    from . import figures
+    from .registration import register
+    from .similarity import image_metrics
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise InputError(f"--out must be a .json file for the result, got {out}")
+    for option in ("overlay", "curve"):
+        path = getattr(args, option)
+        if path is not None and not str(path).lower().endswith(".png"):
+            raise InputError(f"--{option} must be a .png file, got {path}")
+    if args.drr is not None:
+        io.check_image_suffix(args.drr)
+    device = resolve_device(args.device)
+    options = _registration_options(args)
+    options.validate()
+    xray, detector, volume, initial, truth = _read_registration_inputs(args, device)
+    image = xray.image.to(device=device, dtype=volume.mu.dtype)
+    mask = None if xray.mask is None else xray.mask.to(device)
+    print(f"registering {args.ct} to {args.xray} ({detector.rows}x{detector.cols}; {options.optimizer}, "
+          f"{options.similarity}, {options.renderer} on {device})", flush=True)
+    result = register(volume, image, detector, initial, options, mask=mask, callback=_progress_printer(args.quiet))
+    with torch.no_grad():
+        final = render(volume, detector, torch.stack([initial.to(torch.float64), result.pose]), options.renderer,
+                       max_memory_mb=options.max_memory_mb)
+    report = result.to_dict()
+    if not args.trace:
+        report.pop("trace")
+    report.update({
+        "diffreg_version": __version__,
+        "ct": str(args.ct),
+        "xray": str(args.xray),
+        "xray_meta": {k: v for k, v in xray.meta.items() if k in ("format", "intensity", "crop", "collimation", "notes")},
+        "geometry": io.detector_to_dict(detector),
+        "device": str(device),
+        "image_metrics_initial": image_metrics(final[0], image, mask),
+        "image_metrics": image_metrics(final[1], image, mask),
+    })
+    if truth is not None:
+        report["error_initial"] = _pose_report(initial, truth, volume, detector)
+        report["error"] = _pose_report(result.pose, truth, volume, detector)
+    # every output is written only now, after the registration succeeded
+    if args.drr is not None:
+        io.write_image(args.drr, final[1], detector)
+    if args.overlay is not None:
+        figures.save_png(args.overlay, figures.before_after(image.cpu().numpy(), final[0].cpu().numpy(),
+                                                            final[1].cpu().numpy()))
+    if args.curve is not None:
+        figures.save_png(args.curve, _loss_curve(result))
+    io.write_json(out, report)
+    state = "converged" if result.converged else f"did NOT converge ({result.stop_reason})"
+    line = (f"registration {state}: similarity {result.initial_similarity:.4f} -> {result.similarity:.4f}, "
+            f"{result.iterations} iterations, {result.seconds:.1f} s")
+    if truth is not None:
+        line += f"; mTRE {report['error_initial']['mtre_mm']:.2f} -> {report['error']['mtre_mm']:.2f} mm"
+    print(line)
+    print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# diffreg experiment
+# --------------------------------------------------------------------------
+
+
+def _experiment_case(args, device):
+    """CT, X-ray and true pose of an experiment: given files, or the demo's phantom and target."""
+    volume = load_ct(args.ct, _hu_to_mu(args), _dtype(args.dtype)).to(device)
+    center = volume.center.to(torch.float64).cpu()
+    if args.geometry is not None:
+        detector = io.read_geometry(args.geometry)
+    else:
+        detector = Detector(**DEMO_DETECTOR)
+    truth = io.read_pose(args.truth).reshape(4, 4) if args.truth is not None else demo_poses(center)[0]
+    if args.xray is not None:
+        from .xray import check_xray, read_xray
+
+        image = read_xray(args.xray).image
+        check_xray(image, detector)
+        image = image.to(device=device, dtype=volume.mu.dtype)
+    else:
+        with torch.no_grad():
+            image = render(volume, detector, truth, args.renderer)[0]
+    return volume, image, detector, truth
+
+
+def cmd_experiment(args) -> int:
+    from . import experiments
+
+    device = resolve_device(args.device)
+    volume, image, detector, truth = _experiment_case(args, device)
+    out = Path(args.out)
+    ct_name = "built-in chest phantom" if args.ct == PHANTOM else str(args.ct)
+    if args.kind == "landscape":
+        report = experiments.landscape(volume, image, detector, truth, out, similarities=tuple(args.similarities),
+                                       renderer=args.renderer, rotation_range_deg=args.max_rot,
+                                       translation_range_mm=args.max_trans, n_points=args.points)
+    else:
+        options = dict(levels=tuple(args.levels), renderer=args.renderer, similarity=args.similarities[0],
+                       max_iterations=args.iterations)
+        report = experiments.robustness(volume, image, detector, truth, out, optimizers=tuple(args.optimizers),
+                                        n=args.n, max_rotation_deg=args.max_rot, max_translation_mm=args.max_trans,
+                                        seed=args.seed, options=options, batch=args.batch, ct_name=ct_name)
+    written = sorted(str(v) for v in _paths(report))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def _paths(report) -> list:
+    found = []
+    if isinstance(report, dict):
+        for value in report.values():
+            found += _paths(value)
+    elif isinstance(report, (str, Path)) and str(report).endswith((".csv", ".md", ".png")):
+        found.append(report)
+    return found
 
 
 # --------------------------------------------------------------------------
@@ -235,10 +489,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffreg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="run the main job on the built-in phantom and write an overlay")
+    p = sub.add_parser("demo", help="register the built-in phantom from a perturbed start; write result and overlays")
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
     _add_engine_options(p)
+    _add_registration_options(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("register", help="register a CT to an X-ray; write the pose and the result as JSON")
+    p.add_argument("--ct", required=True, help="CT file (NIfTI, NRRD, MHA) or DICOM series folder, or 'phantom'")
+    p.add_argument("--xray", required=True, help="X-ray: .npy, .png/.tif (16-bit), .nrrd/.nii.gz/.mha, or DICOM")
+    p.add_argument("--geometry", default=None, help="detector geometry JSON (default: from the DICOM X-ray)")
+    p.add_argument("--init", default=None, help="initial pose JSON (default: the DICOM C-arm angles about the CT centre)")
+    p.add_argument("--truth", default=None, help="true pose JSON, to report mTRE and pose errors (optional)")
+    p.add_argument("--out", required=True, help="result JSON: camera_from_world plus the result fields")
+    p.add_argument("--overlay", default=None, help="PNG: DRR edges over the X-ray before and after (optional)")
+    p.add_argument("--curve", default=None, help="PNG: similarity per iteration (optional)")
+    p.add_argument("--drr", default=None, help="write the DRR at the registered pose (.npy, .nrrd, .nii.gz, .mha, .png)")
+    p.add_argument("--trace", action="store_true", help="include the per-iteration trace in the result JSON")
+    p.add_argument("--intensity", choices=["auto", "line_integral", "intensity"], default="auto",
+                   help="X-ray values: line_integral (bone bright), intensity (raw, bone dark: -log applied), "
+                        "auto (DICOM tags decide; other formats: line_integral)")
+    p.add_argument("--crop", default="none", help="collimator crop: none, auto, or TOP,BOTTOM,LEFT,RIGHT pixels")
+    p.add_argument("--flip-rows", action="store_true", help="the X-ray is mirrored top-bottom")
+    p.add_argument("--flip-cols", action="store_true", help="the X-ray is mirrored left-right")
+    p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame X-ray (default 0)")
+    _add_engine_options(p)
+    _add_hu_options(p)
+    _add_registration_options(p)
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("experiment", help="the seed paper's experiments: similarity landscape, robustness to the start")
+    p.add_argument("kind", choices=["landscape", "robustness"])
+    p.add_argument("--out", required=True, help="output folder (CSV, Markdown, PNG)")
+    p.add_argument("--ct", default=PHANTOM, help="CT file or 'phantom' (default)")
+    p.add_argument("--xray", default=None, help="X-ray (default: a DRR of the CT at the true pose)")
+    p.add_argument("--geometry", default=None, help="detector geometry JSON (default: the demo's 200x200 detector)")
+    p.add_argument("--truth", default=None, help="true pose JSON (default: the demo's target pose)")
+    p.add_argument("--similarities", nargs="+", default=["zncc"], help="similarities (robustness uses the first)")
+    p.add_argument("--optimizers", nargs="+", default=["adam", "gddm", "gdm", "gd"], help="robustness: optimisers")
+    p.add_argument("--n", type=int, default=100, help="robustness: random starts (default 100)")
+    p.add_argument("--max-rot", type=float, default=45.0, help="range of the rotation offsets, deg (default 45)")
+    p.add_argument("--max-trans", type=float, default=60.0, help="range of the translation offsets, mm (default 60)")
+    p.add_argument("--points", type=int, default=41, help="landscape: samples per axis (default 41)")
+    p.add_argument("--levels", type=float, nargs="+", default=[8.0, 4.0, 2.0],
+                   help="robustness: pyramid levels (default 8 4 2: the full-size level is left out for speed)")
+    p.add_argument("--iterations", type=int, default=150, help="robustness: iteration cap per level")
+    p.add_argument("--batch", type=int, default=25, help="robustness: starts registered together (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="robustness: seed of the starts (default 0)")
+    _add_engine_options(p)
+    _add_hu_options(p)
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("render", help="render one DRR of a CT at a pose")
     p.add_argument("--ct", required=True, help="CT file (NIfTI, NRRD, MHA) or DICOM series folder, or 'phantom'")

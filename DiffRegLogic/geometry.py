@@ -218,17 +218,35 @@ def skew(v: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([o, -z, y], -1), torch.stack([z, o, -x], -1), torch.stack([-y, x, o], -1)], -2)
 
 
+def _exp_coefficients(omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sin(a)/a, (1 - cos a)/a^2, (a - sin a)/a^3 for a = |omega|, with their series below 1e-2 rad."""
+    theta2 = (omega * omega).sum(-1)
+    small = theta2 < 1e-4
+    t2 = torch.where(small, torch.ones_like(theta2), theta2)  # keeps the unused branch finite (and its gradient)
+    t = t2.sqrt()
+    a = torch.where(small, 1 - theta2 / 6 + theta2**2 / 120, torch.sin(t) / t)
+    b = torch.where(small, 0.5 - theta2 / 24 + theta2**2 / 720, (1 - torch.cos(t)) / t2)
+    c = torch.where(small, 1.0 / 6 - theta2 / 120 + theta2**2 / 5040, (t - torch.sin(t)) / (t2 * t))
+    return a, b, c
+
+
 def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     """SE(3) exponential: xi = (omega [rad], v [mm]) (..., 6) -> (..., 4, 4).
 
     omega is the rotation vector (axis * angle); v the translational part of
-    the twist. Computed as the matrix exponential of the 4x4 twist matrix,
-    which is exact, smooth at zero and differentiable.
+    the twist. Closed form (Rodrigues): ``R = I + A W + B W^2``,
+    ``t = (I + B W + C W^2) v`` with W = [omega]_x, equal to the matrix
+    exponential of the 4x4 twist, and smooth and cheap to differentiate at
+    any angle (series below 1e-2 rad).
     """
-    twist = torch.zeros(*xi.shape[:-1], 4, 4, dtype=xi.dtype, device=xi.device)
-    twist = twist + torch.nn.functional.pad(skew(xi[..., :3]), (0, 1, 0, 1))
-    twist = twist + torch.nn.functional.pad(xi[..., 3:, None], (3, 0, 0, 1))
-    return torch.linalg.matrix_exp(twist)
+    omega, v = xi[..., :3], xi[..., 3:]
+    a, b, c = _exp_coefficients(omega)
+    w = skew(omega)
+    w2 = w @ w
+    eye = torch.eye(3, dtype=xi.dtype, device=xi.device)
+    rotation = eye + a[..., None, None] * w + b[..., None, None] * w2
+    left = eye + b[..., None, None] * w + c[..., None, None] * w2
+    return make_rigid(rotation, (left @ v[..., None])[..., 0])
 
 
 def so3_log(rotation: torch.Tensor) -> torch.Tensor:
@@ -267,8 +285,11 @@ def so3_log(rotation: torch.Tensor) -> torch.Tensor:
 
 
 def so3_exp(omega: torch.Tensor) -> torch.Tensor:
-    """Rotation matrix (..., 3, 3) of a rotation vector (..., 3) (Rodrigues)."""
-    return torch.linalg.matrix_exp(skew(omega))
+    """Rotation matrix (..., 3, 3) of a rotation vector (..., 3) (Rodrigues, closed form)."""
+    a, b, _ = _exp_coefficients(omega)
+    w = skew(omega)
+    eye = torch.eye(3, dtype=omega.dtype, device=omega.device)
+    return eye + a[..., None, None] * w + b[..., None, None] * (w @ w)
 
 
 def se3_log(matrix: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from DiffRegLogic import Detector, render
+from DiffRegLogic import Detector, io, render
 from DiffRegLogic.cli import DEMO_PERTURBATION, main
 from DiffRegLogic.geometry import clinical_to_pose
 from DiffRegLogic.io import read_volume
@@ -76,9 +76,9 @@ def test_pose_then_render_matches_the_python_api(tmp_path, ct_file, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_demo_writes_result_and_overlay(tmp_path):
+def test_demo_registers_the_phantom_and_writes_result_and_overlays(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     result = json.loads((out / "result.json").read_text())
     for name in result["files"]:
         assert (out / name).exists(), name
@@ -94,19 +94,146 @@ def test_demo_writes_result_and_overlay(tmp_path):
     np.testing.assert_allclose(motion[:3, :3], rot_z @ rot_x @ rot_y, atol=1e-12)
     np.testing.assert_allclose(motion[:3, 3], DEMO_PERTURBATION[3:], atol=1e-9)
     angle = np.degrees(np.arccos((np.trace(motion[:3, :3]) - 1) / 2))
-    assert result["start_error"]["rotation_deg"] == pytest.approx(angle, abs=1e-9)
-    assert result["start_error"]["translation_mm"] == pytest.approx(np.linalg.norm(DEMO_PERTURBATION[3:]), abs=1e-9)
-    assert result["registered"] is False
+    assert result["error_before"]["rotation_error_deg"] == pytest.approx(angle, abs=1e-6)
+    assert result["registered"] is True
+    assert result["error_before"]["mtre_mm"] > 10.0
+    assert result["error_after"]["mtre_mm"] < 1.0
+    assert result["error_after"]["rotation_error_deg"] < 0.5
+    registered = np.array(json.loads((out / "registered_pose.json").read_text())["camera_from_world"])
+    np.testing.assert_allclose(registered, result["registration"]["camera_from_world"])
+    assert result["registration"]["converged"] is True
+    assert result["image_metrics_after"]["ncc"] > result["image_metrics_before"]["ncc"]
     # pictures: overlay has the target in red and blue, the start in green
     overlay = np.asarray(Image.open(out / "overlay.png"))
     target_png = np.asarray(Image.open(out / "target.png"))
     assert overlay.shape == (200, 200, 3) and target_png.shape == (200, 200)
     np.testing.assert_array_equal(overlay[..., 0], target_png)
     np.testing.assert_array_equal(overlay[..., 2], target_png)
-    assert np.abs(overlay[..., 1].astype(int) - target_png).mean() > 5, "start and target must differ"
+    assert np.asarray(Image.open(out / "before_after.png")).shape[:2] == (200, 404)
     fixed = np.load(out / "target.npy")
     assert fixed.shape == (200, 200) and fixed.min() >= 0 and fixed.max() > 1.0
-    assert 0.5 < result["start_zncc"] < 0.99
+
+
+# --------------------------------------------------------------------------
+# diffreg register
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def register_case(tmp_path_factory):
+    """X-ray (.npy DRR of the phantom at the demo target), geometry, start and truth pose files."""
+    from DiffRegLogic.cli import DEMO_DETECTOR, demo_poses
+    from DiffRegLogic.phantoms import chest_phantom
+
+    folder = tmp_path_factory.mktemp("register")
+    volume = chest_phantom()
+    target, start = demo_poses(volume.center.to(torch.float64))
+    detector = Detector(**DEMO_DETECTOR)
+    np.save(folder / "xray.npy", render(volume, detector, target)[0].numpy())
+    _write_json(folder / "geometry.json", io.detector_to_dict(detector))
+    _write_json(folder / "start.json", io.pose_to_dict(start))
+    _write_json(folder / "truth.json", io.pose_to_dict(target))
+    return folder
+
+
+FAST_CLI = ["--levels", "4", "2", "--device", "cpu", "--quiet"]
+
+
+def test_register_recovers_the_pose_and_writes_every_output(register_case, tmp_path, capsys):
+    f = register_case
+    out = tmp_path / "out" / "result.json"
+    args = ["register", "--ct", "phantom", "--xray", str(f / "xray.npy"), "--geometry", str(f / "geometry.json"),
+            "--init", str(f / "start.json"), "--truth", str(f / "truth.json"), "--out", str(out),
+            "--overlay", str(tmp_path / "overlay.png"), "--curve", str(tmp_path / "curve.png"),
+            "--drr", str(tmp_path / "drr.npy"), "--trace", *FAST_CLI]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["error_initial"]["mtre_mm"] > 10.0 and result["error"]["mtre_mm"] < 1.0
+    pose = np.array(result["camera_from_world"])
+    truth = np.array(json.loads((f / "truth.json").read_text())["camera_from_world"])
+    assert np.degrees(np.arccos(np.clip((np.trace(pose[:3, :3].T @ truth[:3, :3]) - 1) / 2, -1, 1))) < 0.5
+    assert result["converged"] is True and result["iterations"] == sum(result["iterations_per_level"])
+    assert len(result["trace"]) == result["iterations"]
+    assert result["image_metrics"]["ncc"] > result["image_metrics_initial"]["ncc"]
+    assert result["image_metrics"]["ncc"] == pytest.approx(result["similarity"], abs=0.01)
+    drr = np.load(tmp_path / "drr.npy")
+    xray = np.load(f / "xray.npy")
+    assert np.corrcoef(drr.ravel(), xray.ravel())[0, 1] > 0.999
+    assert (tmp_path / "overlay.png").exists() and (tmp_path / "curve.png").exists()
+    assert "converged" in capsys.readouterr().out
+
+
+def test_register_from_a_dicom_xray_takes_geometry_and_start_from_its_tags(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from DiffRegLogic import geometry
+    from DiffRegLogic.phantoms import chest_phantom
+    from DiffRegLogic.registration import perturb_pose
+
+    volume = chest_phantom()
+    center = volume.center.to(torch.float64)
+    detector = Detector(rows=160, cols=160, sdd=1000.0, pixel_spacing=(3.0, 3.0))
+    nominal = geometry.clinical_to_pose(10.0, -5.0, 600.0, center)  # what the C-arm reports
+    motion = torch.tensor([[0.03, -0.02, 0.04, 6.0, -5.0, 4.0]], dtype=torch.float64)
+    truth = perturb_pose(nominal, motion, center)[0]  # where the patient really is
+    drr = render(volume, detector, truth)[0].numpy()
+    pixels = np.round(drr / drr.max() * 60000).astype("<u2")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # XA
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns = "XA", 160, 160
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 16, 16, 15, 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.DistanceSourceToDetector, ds.DistanceSourceToPatient = "1000", "600"
+    ds.ImagerPixelSpacing = ["3.0", "3.0"]
+    ds.PositionerPrimaryAngle, ds.PositionerSecondaryAngle = "10", "-5"
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(str(tmp_path / "xray.dcm"), enforce_file_format=True)
+    _write_json(tmp_path / "truth.json", io.pose_to_dict(truth))
+    out = tmp_path / "result.json"
+    assert main(["register", "--ct", "phantom", "--xray", str(tmp_path / "xray.dcm"), "--truth",
+                 str(tmp_path / "truth.json"), "--out", str(out), *FAST_CLI]) == 0
+    result = json.loads(out.read_text())
+    np.testing.assert_allclose(result["initial_camera_from_world"], nominal.numpy(), atol=1e-9)
+    assert result["geometry"]["source_to_detector_mm"] == 1000.0
+    assert result["error_initial"]["mtre_mm"] > 5.0 and result["error"]["mtre_mm"] < 1.0
+
+
+@pytest.mark.parametrize("problem", ["size", "constant", "behind", "no_geometry", "out_suffix"])
+def test_register_errors_exit_2_and_write_nothing(register_case, tmp_path, capsys, problem):
+    f = register_case
+    xray, geometry_json, init = f / "xray.npy", f / "geometry.json", f / "start.json"
+    out = tmp_path / "result.json"
+    expect = {"size": "but the detector is 100 x 100", "constant": "constant", "behind": "behind the X-ray source",
+              "no_geometry": "no geometry", "out_suffix": "must be a .json"}[problem]
+    extra = []
+    if problem == "size":
+        geometry_json = _write_json(tmp_path / "g.json", {**json.loads((f / "geometry.json").read_text()),
+                                                          "rows": 100, "cols": 100})
+    elif problem == "constant":
+        xray = tmp_path / "flat.npy"
+        np.save(xray, np.full((200, 200), 2.0, np.float32))
+    elif problem == "behind":
+        pose = np.array(json.loads(init.read_text())["camera_from_world"])
+        flip = np.diag([1.0, -1.0, -1.0, 1.0])  # a half turn about the camera x axis: the CT ends up behind the source
+        init = _write_json(tmp_path / "behind.json", {"camera_from_world": (flip @ pose).tolist()})
+    elif problem == "no_geometry":
+        geometry_json = None
+    elif problem == "out_suffix":
+        out = tmp_path / "result.txt"
+    args = ["register", "--ct", "phantom", "--xray", str(xray), "--init", str(init), "--out", str(out),
+            "--overlay", str(tmp_path / "overlay.png"), *FAST_CLI, *extra]
+    if geometry_json is not None:
+        args += ["--geometry", str(geometry_json)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and expect in err, err
+    assert not out.exists() and not (tmp_path / "overlay.png").exists()
 
 
 @pytest.mark.parametrize("problem", ["missing_key", "bad_json", "missing_ct", "ct_2d", "bad_suffix", "not_rigid"])

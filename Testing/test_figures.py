@@ -1,0 +1,239 @@
+"""Report pictures: edge overlay, checkerboard, before/after panels, line charts and PNG output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from DiffRegLogic import figures
+from DiffRegLogic.errors import InputError
+from DiffRegLogic.io import to_uint8
+
+H, W = 128, 120
+CENTER = (64.0, 58.0)  # (row, column)
+RADIUS = 30.0
+
+
+def _xray(shape=(H, W), seed=0) -> np.ndarray:
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    rng = np.random.default_rng(seed)
+    return np.exp(-((rows - 50) ** 2 + (cols - 70) ** 2) / 3000.0) + 0.05 * rng.standard_normal(shape)
+
+
+def _disc(center=CENTER, radius=RADIUS, shape=(H, W)) -> np.ndarray:
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    return (np.hypot(rows - center[0], cols - center[1]) < radius).astype(np.float64) * 3.0
+
+
+def _coloured(rgb: np.ndarray) -> np.ndarray:
+    return ~((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2]))
+
+
+# --------------------------------------------------------------------------
+# edge overlay
+# --------------------------------------------------------------------------
+
+
+def test_edge_overlay_draws_the_disc_outline_on_the_grey_xray():
+    xray = _xray()
+    rgb = figures.edge_overlay(xray, torch.from_numpy(_disc()).to(torch.float32))
+    assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
+
+    edge = _coloured(rgb)
+    rows, cols = np.nonzero(edge)
+    distance = np.hypot(rows - CENTER[0], cols - CENTER[1])
+    assert len(rows) > 100
+    assert np.all(np.abs(distance - RADIUS) <= 2.0), (distance.min(), distance.max())
+    assert np.all(rgb[edge] == (0, 255, 0))
+
+    # most of the circumference has an edge pixel within 1.5 px
+    angles = np.deg2rad(np.arange(360))
+    boundary = np.stack([CENTER[0] + RADIUS * np.sin(angles), CENTER[1] + RADIUS * np.cos(angles)], 1)
+    gaps = np.hypot(boundary[:, None, 0] - rows[None], boundary[:, None, 1] - cols[None]).min(1)
+    assert np.mean(gaps <= 1.5) >= 0.95
+
+    grey = to_uint8(xray)
+    assert np.array_equal(rgb[~edge][:, 0], grey[~edge])
+    assert np.array_equal(rgb[~edge][:, 1], grey[~edge])
+    assert np.array_equal(rgb[~edge][:, 2], grey[~edge])
+
+
+def test_edge_overlay_colour_batch_axis_and_flat_drr():
+    xray = torch.from_numpy(_xray()).to(torch.float64)[None]
+    rgb = figures.edge_overlay(xray, _disc()[None], color=(255, 0, 255))
+    assert np.all(rgb[_coloured(rgb)] == (255, 0, 255))
+    assert np.count_nonzero(_coloured(rgb)) > 100
+    flat = figures.edge_overlay(_xray(), np.full((H, W), 2.0))
+    assert not _coloured(flat).any()
+
+
+# --------------------------------------------------------------------------
+# checkerboard and before/after
+# --------------------------------------------------------------------------
+
+
+def test_checkerboard_alternates_tiles_of_the_two_windowed_images():
+    rows, cols = np.mgrid[:96, :128]
+    a = rows + 0.5 * cols
+    b = 1000.0 * np.cos(cols / 7.0) + rows  # another intensity scale
+    rgb = figures.checkerboard(a, torch.from_numpy(b), tiles=6)  # 6 tiles along the 96 rows: 16 px squares
+    assert rgb.shape == (96, 128, 3) and rgb.dtype == np.uint8
+    ga, gb = to_uint8(a), to_uint8(b)
+    assert np.array_equal(rgb[:16, :16, 0], ga[:16, :16])
+    assert np.array_equal(rgb[:16, 16:32, 0], gb[:16, 16:32])
+    assert np.array_equal(rgb[16:32, 16:32, 0], ga[16:32, 16:32])
+    expected = np.where(((rows // 16) + (cols // 16)) % 2 == 0, ga, gb)
+    assert np.array_equal(rgb[..., 0], expected)
+    assert np.array_equal(rgb[..., 0], rgb[..., 2])
+
+
+def test_before_after_is_two_labelled_overlays_with_a_separator():
+    xray = _xray()
+    before, after = _disc(center=(70.0, 50.0)), _disc()
+    rgb = figures.before_after(xray, before, after, labels=("start", "registered"))
+    assert rgb.shape == (H, 2 * W + figures.SEPARATOR_PX, 3)
+    left, bar, right = rgb[:, :W], rgb[:, W:W + figures.SEPARATOR_PX], rgb[:, W + figures.SEPARATOR_PX:]
+    assert np.all(bar == 255)
+    for panel, drr in ((left, before), (right, after)):
+        reference = figures.edge_overlay(xray, drr)
+        differ = np.any(panel != reference, axis=2)
+        rows, cols = np.nonzero(differ)
+        assert len(rows) > 20  # the label is there ...
+        assert rows.max() < 25 and cols.max() < 90  # ... in a small box in the top left corner
+        outside = np.ones((H, W), bool)
+        outside[:25, :90] = False
+        assert np.array_equal(panel[outside], reference[outside])
+
+
+# --------------------------------------------------------------------------
+# line plot
+# --------------------------------------------------------------------------
+
+
+def _axes_box(rgb: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the black axis lines found in the picture."""
+    black = np.all(rgb == 0, axis=2)
+    left = int(np.argmax(black.sum(0)))
+    bottom = int(np.argmax(black.sum(1)))
+    top = int(np.flatnonzero(black[:, left]).min())
+    right = int(np.flatnonzero(black[bottom]).max())
+    return left, top, right, bottom
+
+
+def _curve_row(rgb: np.ndarray, column: int, color) -> float:
+    """Mean row of the ``color`` pixels in ``column`` below the legend (inside the axes box)."""
+    _, top, _, bottom = _axes_box(rgb)
+    hits = top + np.flatnonzero(np.all(rgb[top:bottom + 1, column] == color, axis=1))
+    assert len(hits) > 0, f"no {color} pixel in column {column}"
+    assert np.ptp(hits) <= 4
+    return float(hits.mean())
+
+
+def test_line_plot_puts_y_equals_x_where_the_axis_mapping_says():
+    x = np.linspace(0.0, 10.0, 101)
+    series = {"y = x": (x.tolist(), x.tolist())}
+    rgb = figures.line_plot(series, title="identity", xlabel="x", ylabel="y", size=(500, 360))
+    assert rgb.shape == (360, 500, 3) and rgb.dtype == np.uint8
+    assert np.all(rgb[0, 0] == 255)
+
+    left, top, right, bottom = _axes_box(rgb)
+    frame = figures.plot_frame(series, title="identity", xlabel="x", ylabel="y", size=(500, 360))
+    assert (left, top, right, bottom) == (frame.left, frame.top, frame.right, frame.bottom)
+    assert frame.x_lim == (0.0, 10.0) and frame.y_lim == (0.0, 10.0)
+    assert frame.y_labels == ("0", "2", "4", "6", "8", "10")
+    assert right - left > 300 and bottom - top > 200
+
+    color = figures.PALETTE[0]
+    for value in (1.5, 4.0, 6.5, 9.0):
+        column = int(round(left + value / 10.0 * (right - left)))
+        expected = bottom - value / 10.0 * (bottom - top)
+        assert abs(_curve_row(rgb, column, color) - expected) <= 2.0, value
+
+
+def test_line_plot_gives_each_series_its_own_colour_and_breaks_at_nan():
+    x = np.arange(0.0, 21.0)
+    low = np.full_like(x, 1.0)
+    high = np.where((x > 8) & (x < 12), np.nan, 9.0)
+    rgb = figures.line_plot({"low": (x, low), "high": (torch.from_numpy(x), torch.from_numpy(high))})
+    assert rgb.shape == (400, 640, 3)
+    frame = figures.plot_frame({"low": (x, low), "high": (x, high)})
+    first, second = figures.PALETTE[0], figures.PALETTE[1]
+    assert first != second
+    column = int(round(float(frame.column(4.0))))
+    assert abs(_curve_row(rgb, column, first) - frame.row(1.0)) <= 2.0
+    assert abs(_curve_row(rgb, column, second) - frame.row(9.0)) <= 2.0
+    gap = int(round(float(frame.column(10.0))))
+    assert not np.all(rgb[frame.top:frame.bottom + 1, gap] == second, axis=1).any()
+    assert np.all(rgb[:frame.top] == second, axis=2).any()  # the legend shows the colour
+
+
+def test_line_plot_log_axis_spaces_decades_equally():
+    x = np.linspace(0.0, 3.0, 61)
+    y = 10.0 ** x
+    y[0] = 0.0  # not drawable on a log axis: dropped
+    rgb = figures.line_plot({"decades": (x, y)}, log_y=True, size=(400, 500))
+    assert rgb.shape == (500, 400, 3)
+    frame = figures.plot_frame({"decades": (x, y)}, log_y=True, size=(400, 500))
+    assert frame.y_lim == (1.0, 1000.0)
+    assert frame.y_labels == ("1", "10", "100", "1000")
+    left, top, right, bottom = _axes_box(rgb)
+    rows = []
+    for value in (0.5, 1.5, 2.5):
+        column = int(round(left + value / 3.0 * (right - left)))
+        rows.append(_curve_row(rgb, column, figures.PALETTE[0]))
+        assert abs(rows[-1] - (bottom - value / 3.0 * (bottom - top))) <= 2.0
+    assert abs((rows[0] - rows[1]) - (rows[1] - rows[2])) <= 2.0
+    assert abs((rows[0] - rows[1]) - (bottom - top) / 3.0) <= 2.0
+
+
+def test_line_plot_single_point_and_constant_series():
+    rgb = figures.line_plot({"one": ([3.0], [5.0])}, size=(300, 200))
+    assert rgb.shape == (200, 300, 3)
+    frame = figures.plot_frame({"one": ([3.0], [5.0])}, size=(300, 200))
+    assert frame.x_lim[0] < 3.0 < frame.x_lim[1] and frame.y_lim[0] < 5.0 < frame.y_lim[1]
+    r, c = int(round(float(frame.row(5.0)))), int(round(float(frame.column(3.0))))
+    assert np.all(rgb[r, c] == figures.PALETTE[0])
+
+    flat = {"flat": [2.0, 2.0, 2.0, 2.0]}  # y values alone: x = 0, 1, 2, 3
+    rgb = figures.line_plot(flat, size=(300, 200))
+    frame = figures.plot_frame(flat, size=(300, 200))
+    assert frame.x_lim == (0.0, 3.0) and frame.y_lim[0] < 2.0 < frame.y_lim[1]
+    column = int(round(float(frame.column(1.5))))
+    assert abs(_curve_row(rgb, column, figures.PALETTE[0]) - frame.row(2.0)) <= 2.0
+
+
+# --------------------------------------------------------------------------
+# PNG and bad input
+# --------------------------------------------------------------------------
+
+
+def test_save_png_round_trips(tmp_path):
+    rgb = figures.checkerboard(_xray(), _disc(), tiles=4)
+    path = figures.save_png(tmp_path / "new" / "folder" / "check.png", rgb)
+    assert path.exists()
+    with Image.open(path) as image:
+        assert image.mode == "RGB"
+        assert np.array_equal(np.asarray(image), rgb)
+
+
+def test_bad_input_says_what_is_wrong(tmp_path):
+    with pytest.raises(InputError, match=r"shape.*\(64, 64\).*\(64, 65\)"):
+        figures.edge_overlay(np.zeros((64, 64)), np.zeros((64, 65)))
+    with pytest.raises(InputError, match="shape"):
+        figures.checkerboard(np.zeros((64, 64)), np.zeros((32, 64)))
+    with pytest.raises(InputError, match="drr_after"):
+        figures.before_after(np.zeros((8, 8)), np.zeros((8, 8)), np.zeros((8, 9)))
+    with pytest.raises(InputError, match="tiles"):
+        figures.checkerboard(np.zeros((16, 16)), np.zeros((16, 16)), tiles=17)
+    with pytest.raises(InputError, match="non-finite"):
+        figures.edge_overlay(np.full((8, 8), np.nan), np.zeros((8, 8)))
+    with pytest.raises(InputError, match="empty"):
+        figures.line_plot({})
+    with pytest.raises(InputError, match="positive"):
+        figures.line_plot({"loss": ([0, 1], [0.0, -1.0])}, log_y=True)
+    with pytest.raises(InputError, match="same length"):
+        figures.line_plot({"loss": ([0, 1, 2], [1.0, 2.0])})
+    with pytest.raises(InputError, match="uint8"):
+        figures.save_png(tmp_path / "x.png", np.zeros((4, 4, 3)))
