@@ -257,8 +257,6 @@ def test_bad_input_is_refused_before_any_work(case):
     nan[5, 5] = float("nan")
     with pytest.raises(InputError, match="NaN"):
         register(v, nan, d, s)
-    flipped = s.clone()
-    flipped[:3, :] *= -1  # rotate 180 deg about... no: negate rows -> not a rotation; use a real one below
     behind = geometry.make_rigid(torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)) @ s[:3, :3],
                                  torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)) @ s[:3, 3])
     with pytest.raises(InputError, match="behind the X-ray source"):
