@@ -270,9 +270,9 @@ def cmd_demo(args) -> int:
     with torch.no_grad():
         drrs = render(volume, detector, torch.stack([target, start]), args.renderer, max_memory_mb=args.max_memory_mb)
     xray, moving = drrs[0], drrs[1]
+    offset = pose_difference(target, start, center)
     print(f"X-ray: a DRR of the phantom at the target pose ({detector.rows}x{detector.cols}); start "
-          f"{pose_difference(target, start, center)['rotation_deg']:.1f} deg / "
-          f"{pose_difference(target, start, center)['translation_mm']:.1f} mm away; registering "
+          f"{offset['rotation_deg']:.1f} deg / {offset['translation_mm']:.1f} mm away; registering "
           f"({args.optimizer}, {args.similarity}, {args.renderer} on {device})", flush=True)
     result = register(volume, xray, detector, start, _registration_options(args), callback=_progress_printer(args.quiet))
     with torch.no_grad():

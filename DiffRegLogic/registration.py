@@ -271,7 +271,8 @@ def _levels(volume: Volume, xray: torch.Tensor, detector: Detector, mask: torch.
 # --------------------------------------------------------------------------
 
 
-def _check_inputs(volume: Volume, xray, detector: Detector, initial_pose, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _check_inputs(volume: Volume, xray, detector: Detector, mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The X-ray (on the volume's device and dtype) and mask, checked against the detector."""
     if not isinstance(volume, Volume):
         raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
     if not isinstance(detector, Detector):
@@ -286,12 +287,11 @@ def _check_inputs(volume: Volume, xray, detector: Detector, initial_pose, mask) 
         mask = mask.to(dtype)
         if not (mask > 0).any():
             raise InputError("the mask excludes every pixel of the X-ray")
-    pose = geometry.check_pose(initial_pose, name="initial pose")
-    if pose.ndim == 3:
-        if pose.shape[0] != 1:
-            raise InputError(f"register takes one initial pose (4, 4), got {tuple(pose.shape)}; use register_batch")
-        pose = pose[0]
-    pose = pose.to(torch.float64).cpu()
+    return xray, mask
+
+
+def _check_start(volume: Volume, detector: Detector, pose: torch.Tensor) -> None:
+    """Refuse a start pose (4, 4) that puts the CT centre behind the source or beyond the detector."""
     center = volume.center.to(torch.float64).cpu()
     depth = float(pose[2, :3] @ center + pose[2, 3])
     if depth <= 0:
@@ -304,7 +304,6 @@ def _check_inputs(volume: Volume, xray, detector: Detector, initial_pose, mask) 
             f"at the initial pose the CT centre is {depth:.0f} mm from the source, beyond the detector "
             f"(SDD {float(detector.sdd):.0f} mm); check the pose and the source-to-detector distance"
         )
-    return xray, pose, mask
 
 
 # --------------------------------------------------------------------------
@@ -543,9 +542,9 @@ def register_batch(
     if starts.ndim == 2:
         starts = starts[None]
     starts = starts.to(torch.float64).cpu()
-    xray, _, mask = _check_inputs(volume, xray, detector, starts[0], mask)
-    for pose in starts[1:]:
-        _check_inputs(volume, xray, detector, pose, mask)
+    xray, mask = _check_inputs(volume, xray, detector, mask)
+    for pose in starts:
+        _check_start(volume, detector, pose)
     dtype, device = volume.mu.dtype, volume.mu.device
     center = volume.center.to(torch.float64).cpu()
     reference = starts[0] if reference_pose is None else geometry.check_pose(reference_pose).to(torch.float64).cpu().reshape(4, 4)
@@ -589,7 +588,7 @@ def register_batch(
                 x = x[chosen:chosen + 1]
                 initial_similarity = initial_similarity[chosen:chosen + 1]
         reasons = ["cancelled"] * x.shape[0]
-    if cancelled or len(levels) == 0:
+    if cancelled:
         best = run.score(finest, x)
     seconds = time.perf_counter() - run.t0
     poses = params.pose(x.detach().to(torch.float64).cpu())
