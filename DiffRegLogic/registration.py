@@ -141,6 +141,7 @@ class Progress:
     similarity: float  # best similarity of the current level so far (best start)
     current_similarity: float
     elapsed: float
+    pose: torch.Tensor | None = None  # camera_from_world (4, 4) float64 of that best similarity (CPU)
 
 
 @dataclass
@@ -333,7 +334,9 @@ class _Run:
         with torch.no_grad():
             return self.similarity(self.render(level, x), level.xray, level.mask)
 
-    def report(self, level_index: int, iteration: int, current: torch.Tensor, best: torch.Tensor, extra: dict) -> None:
+    def report(self, level_index: int, iteration: int, current: torch.Tensor, best: torch.Tensor, extra: dict,
+               best_x: torch.Tensor) -> None:
+        """Trace one iteration; tell the callback (with the best pose so far, ``best_x`` (B, 6)); raise on cancel."""
         self.iterations += 1
         elapsed = time.perf_counter() - self.t0
         entry = {"level": level_index, "iteration": iteration, "similarity": current.tolist(),
@@ -341,8 +344,11 @@ class _Run:
         self.trace.append(entry)
         stop = False
         if self.callback is not None:
+            row = int(best.argmax())
+            with torch.no_grad():
+                pose = self.params.pose(best_x[row:row + 1].detach())[0].to(torch.float64).cpu()
             info = Progress(level_index, self.n_levels, iteration, self.iterations, float(best.max()),
-                            float(current.max()), elapsed)
+                            float(current.max()), elapsed, pose)
             stop = bool(self.callback(info))
         if stop or (self.cancel is not None and self.cancel()):
             raise _Cancelled()
@@ -387,7 +393,8 @@ def _gradient_level(run: _Run, level: _Level, level_index: int, x: torch.Tensor,
                 reasons[i] = "converged"
             active &= ~done
         state.update(best_x=best_x, best=best)
-        run.report(level_index, iteration, sim, best, {"step_scale": (opt.step_sizes[:, 0] / steps[:, 0]).tolist()})
+        run.report(level_index, iteration, sim, best, {"step_scale": (opt.step_sizes[:, 0] / steps[:, 0]).tolist()},
+                   best_x)
         if not active.any():
             break
         x = opt.step(x, grad, step_now)
@@ -441,7 +448,7 @@ def _lm_level(run: _Run, level: _Level, level_index: int, x: torch.Tensor, state
             reasons[i] = "converged"
         active = active & ~done
         state.update(best_x=x.clone(), best=1.0 - cost)
-        run.report(level_index, iteration, 1.0 - trial_cost, 1.0 - cost, {"damping": lm.damping.tolist()})
+        run.report(level_index, iteration, 1.0 - trial_cost, 1.0 - cost, {"damping": lm.damping.tolist()}, x)
         if not active.any():
             break
         if improved.any():
@@ -474,7 +481,7 @@ def _baseline_level(run: _Run, level: _Level, level_index: int, x: torch.Tensor,
             best = torch.tensor([counter["best"]], dtype=x.dtype)
             state.update(best_x=(x0 + torch.as_tensor(counter["best_z"], dtype=x.dtype, device=x.device) * scale)[None],
                          best=best)
-            run.report(level_index, counter["iteration"], best, best, {})
+            run.report(level_index, counter["iteration"], best, best, {}, state["best_x"])
             counter["iteration"] += 1
 
         reason = _run_baseline(opts, objective_batch, note, budget)

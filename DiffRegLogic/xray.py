@@ -413,7 +413,42 @@ def read_xray(path: str | os.PathLike, *, intensity: str = "auto", frame: int = 
     else:
         array, geometry = _read_dicom(path, frame, meta, force=suffix in DICOM_SUFFIXES)
 
-    array = _validated(array, path)
+    return _build_xray(_validated(array, path), meta, geometry, intensity, flip_rows, flip_cols, crop)
+
+
+def xray_from_array(image, *, intensity: str = "line_integral", pixel_spacing: tuple[float, float] | None = None,
+                    name: str = "the X-ray", crop="none") -> XRay:
+    """An `XRay` from an image already in memory (e.g. a Slicer volume node's array).
+
+    Args:
+        image: (H, W) real numbers, row 0 = detector row 0.
+        intensity: ``"line_integral"`` (bone bright, kept) or ``"intensity"``
+            (raw detector intensity, converted to -log(I / I0) as in
+            `read_xray`); ``"auto"`` means ``"line_integral"`` (no tags to tell).
+        pixel_spacing: (row mm, column mm) when known.
+        name: what to call the image in error messages.
+        crop: as in `read_xray`.
+
+    The same checks (finite, not constant, not empty) and the same
+    collimation mask as `read_xray`.
+    """
+    if intensity not in INTENSITY_CONVENTIONS:
+        raise InputError(f"unknown intensity convention {intensity!r}: use one of {', '.join(INTENSITY_CONVENTIONS)}")
+    if isinstance(crop, str) and crop not in ("none", "auto"):
+        raise InputError(f"crop must be 'none', 'auto' or (top, bottom, left, right), got {crop!r}")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim != 2:
+        raise InputError(f"{name}: expected one 2D image (H, W), got shape {array.shape}")
+    meta: dict = {"path": name, "format": "array", "frame": 0, "notes": []}
+    geometry: dict = {} if pixel_spacing is None else {"pixel_spacing": tuple(pixel_spacing)}
+    return _build_xray(_validated(array, name), meta, geometry, intensity, False, False, crop)
+
+
+def _build_xray(array: np.ndarray, meta: dict, geometry: dict, intensity: str, flip_rows: bool, flip_cols: bool,
+                crop) -> XRay:
+    """Flip, mask, convert and crop a validated (H, W) array into an `XRay`."""
     masks = geometry.pop("masks", [])
     h, w = array.shape
     meta["shape_read"] = (h, w)
@@ -497,7 +532,7 @@ def _squeeze_to_2d(array: np.ndarray, path: Path, what: str = "array") -> tuple[
     return array.reshape([array.shape[a] for a in kept]), tuple(kept)
 
 
-def _validated(array: np.ndarray, path: Path) -> np.ndarray:
+def _validated(array: np.ndarray, path) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise InputError(f"{path}: pixel type {array.dtype} is not a real number type; an X-ray needs grayscale numbers")
     if array.ndim != 2:
