@@ -225,6 +225,52 @@ def before_after(xray, drr_before, drr_after, labels: Sequence[str] = ("before",
     return np.concatenate([left, bar, right], axis=1)
 
 
+def blend(xray, drr, opacity: float = 0.5, tint: Sequence[int] = (255, 170, 60)) -> np.ndarray:
+    """The DRR over the X-ray as a slice view composites them, (H, W, 3) uint8.
+
+    Both are windowed to grey on their own percentiles; the DRR is tinted
+    with ``tint`` and drawn with ``opacity`` (0 = X-ray only, 1 = DRR only).
+    """
+    fixed = _image(xray, "xray")
+    moving = _image(drr, "drr")
+    _same_shape(fixed, moving, "xray", "drr")
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise InputError(f"opacity must be between 0 and 1; got {opacity!r}")
+    back = np.repeat(to_uint8(fixed)[:, :, None].astype(np.float64), 3, axis=2)
+    front = to_uint8(moving)[:, :, None].astype(np.float64) * (np.asarray(_color(tint, "tint")) / 255.0)
+    return np.round((1 - opacity) * back + opacity * front).astype(np.uint8)
+
+
+def difference(xray, drr) -> np.ndarray:
+    """Z-scored X-ray minus z-scored DRR in grey, mid-grey = 0, (H, W, 3) uint8 (symmetric window at 3 SD)."""
+    fixed = _image(xray, "xray")
+    moving = _image(drr, "drr")
+    _same_shape(fixed, moving, "xray", "drr")
+
+    def z(a: np.ndarray) -> np.ndarray:
+        sd = a.std()
+        return (a - a.mean()) / (sd if sd > 0 else 1.0)
+
+    grey = np.clip(127.5 + (z(fixed) - z(moving)) * (127.5 / 3.0), 0, 255).round().astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def panel_row(panels: Sequence, labels: Sequence[str]) -> np.ndarray:
+    """(H, W, 3) uint8 panels of one height side by side with white bars, each labelled in its corner."""
+    if len(panels) != len(labels) or not panels:
+        raise InputError(f"give as many labels as panels (at least one); got {len(panels)} panels, {len(labels)} labels")
+    arrays = [np.asarray(p, dtype=np.uint8) for p in panels]
+    if any(a.ndim != 3 or a.shape[2] != 3 or a.shape[0] != arrays[0].shape[0] for a in arrays):
+        raise InputError("panels must be (H, W, 3) images of the same height")
+    bar = np.full((arrays[0].shape[0], SEPARATOR_PX, 3), 255, dtype=np.uint8)
+    out = []
+    for i, (a, text) in enumerate(zip(arrays, labels)):
+        if i:
+            out.append(bar)
+        out.append(_label(a, str(text)))
+    return np.concatenate(out, axis=1)
+
+
 def save_png(path: str | os.PathLike, rgb) -> Path:
     """Write an image (H, W, 3) or grey (H, W) uint8 to a PNG file, creating parent folders; returns the path."""
     array = np.asarray(rgb)

@@ -130,8 +130,8 @@ def set_transform_matrix(node, matrix) -> None:
 # --------------------------------------------------------------------------
 
 
-def _array_of(node) -> np.ndarray:
-    """A copy of a scalar volume node's voxels, (K, J, I) float64."""
+def voxels_of(node) -> np.ndarray:
+    """A copy of a scalar volume node's voxels, (K, J, I) float64 (``arrayFromVolume`` order)."""
     from vtk.util import numpy_support
 
     image = node.GetImageData()
@@ -162,7 +162,7 @@ def volume_from_node(node, hu_to_mu: HUToMu | None = None, dtype: torch.dtype = 
     The node is only read (its voxels are copied).
     """
     _require_volume_node(node, "CT volume", "pick the CT in 'Input CT'")
-    hu = _array_of(node)
+    hu = voxels_of(node)
     if hu.shape[0] < 2 or min(hu.shape) < 2:
         raise InputError(
             f"'{node.GetName()}' has shape {hu.shape[2]} x {hu.shape[1]} x {hu.shape[0]} voxels: a single slice is "
@@ -195,7 +195,7 @@ def dicom_file_of(node, file_for_instance: Callable[[str], str] | None = None) -
 
 def _xray_array(node) -> np.ndarray:
     _require_volume_node(node, "X-ray", "pick the 2D X-ray image in 'Input X-ray'")
-    array = _array_of(node)
+    array = voxels_of(node)
     if array.shape[0] != 1:
         raise InputError(
             f"'{node.GetName()}' has {array.shape[0]} slices; an X-ray is a single-slice volume (cols x rows x 1). "
@@ -237,6 +237,24 @@ def geometry_from_xray(node, file_for_instance: Callable[[str], str] | None = No
         if xr.detector is not None:
             geo.sdd = float(xr.detector.sdd)
         geo.clinical = xr.clinical
+    return geo
+
+
+def fill_geometry(setup: Setup, file_for_instance: Callable[[str], str] | None = None) -> XRayGeometry:
+    """Fill the setup's unset (zero) geometry and C-arm angle fields from the X-ray node and its DICOM tags.
+
+    Numbers the user already entered are kept. Returns what was found.
+    """
+    geo = geometry_from_xray(setup.xrayVolume, file_for_instance)
+    if geo.sdd and not setup.sdd > 0:
+        setup.sdd = geo.sdd
+    if geo.pixel_spacing:
+        if not setup.pixelSpacingRow > 0:
+            setup.pixelSpacingRow = geo.pixel_spacing[0]
+        if not setup.pixelSpacingColumn > 0:
+            setup.pixelSpacingColumn = geo.pixel_spacing[1]
+    if geo.clinical is not None and not setup.sourceToIsocenter > 0:
+        setup.primaryAngle, setup.secondaryAngle, setup.sourceToIsocenter = geo.clinical
     return geo
 
 
@@ -356,21 +374,30 @@ def _referenced(owner, role: str, scene, class_name: str, name: str):
     return node
 
 
-def _write_volume(node, image: np.ndarray, ijk_to_camera: np.ndarray) -> None:
-    """Put an (H, W) image into a volume node as (1, H, W) with the given IJK->RAS."""
+def write_volume_array(node, array: np.ndarray, ijk_to_ras_matrix: np.ndarray) -> None:
+    """Replace a volume node's voxels with ``array`` (K, J, I), stored as float32, and set its IJK->RAS."""
     from vtk.util import numpy_support
 
-    array = np.ascontiguousarray(np.asarray(image, dtype=np.float32)[None])
+    array = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+    if array.ndim != 3:
+        raise InputError(f"a volume array must be (K, J, I), got shape {array.shape}")
     vtk = _vtk()
     data = vtk.vtkImageData()
-    data.SetDimensions(array.shape[2], array.shape[1], 1)
+    data.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
     scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True, array_type=vtk.VTK_FLOAT)
     data.GetPointData().SetScalars(scalars)
     node.SetAndObserveImageData(data)
-    set_ijk_to_ras(node, ijk_to_camera)
+    set_ijk_to_ras(node, ijk_to_ras_matrix)
+    if node.GetDisplayNode() is None and node.GetScene() is not None:
+        node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     if display is not None and hasattr(display, "AutoWindowLevelOn"):
         display.AutoWindowLevelOn()
+
+
+def _write_volume(node, image: np.ndarray, ijk_to_camera: np.ndarray) -> None:
+    """Put an (H, W) image into a volume node as (1, H, W) with the given IJK->RAS."""
+    write_volume_array(node, np.asarray(image)[None], ijk_to_camera)
 
 
 def carm_polydata(detector: Detector):
@@ -486,21 +513,34 @@ def overlay_image(xray: np.ndarray, drr: np.ndarray, mode: str, tiles: int = 8) 
     raise InputError(f"unknown overlay mode {mode!r}; choose one of {', '.join(OVERLAY_MODES)}")
 
 
-def show_overlay(scene, outputs: Outputs, detector: Detector, mode: str = "blend", opacity: float = 0.5,
+def existing_outputs(setup: Setup) -> Outputs:
+    """The outputs of an earlier Render/Register of this setup; InputError when there are none yet."""
+    drr, transform = setup.outputDrr, setup.outputTransform
+    parts = None if drr is None or transform is None else [drr.GetNodeReference(r) for r in
+                                                            (ROLE_XRAY_COPY, ROLE_MODEL, ROLE_OVERLAY)]
+    if parts is None or any(p is None for p in parts):
+        raise InputError("there is no DRR yet: press Render DRR or Register first")
+    return Outputs(transform, drr, *parts)
+
+
+def show_overlay(scene, outputs: Outputs, mode: str = "blend", opacity: float = 0.5,
                  views: tuple[str, ...] = ("Red",)) -> None:
     """Set the slice views: X-ray copy under the DRR (blend), or the difference/checkerboard volume alone.
 
     Each named slice view is rotated to the detector plane. (Fitting the
     field of view needs the application; the Slicer module does it.)
     """
+    if mode not in OVERLAY_MODES:
+        raise InputError(f"unknown overlay mode {mode!r}; choose one of {', '.join(OVERLAY_MODES)}")
     if not 0.0 <= opacity <= 1.0:
         raise InputError(f"overlay opacity must be between 0 and 1, got {opacity}")
     if mode != "blend":
-        xray = _voxels(outputs.xray_copy)
-        drr = _voxels(outputs.drr)
+        xray, drr = _voxels(outputs.xray_copy), _voxels(outputs.drr)
         if xray is None or drr is None:
-            raise InputError("render a DRR first: the overlay compares the DRR with the X-ray")
-        _write_volume(outputs.overlay, overlay_image(xray, drr, mode), detector_plane_matrix(detector))
+            raise InputError("there is no DRR yet: press Render DRR or Register first")
+        if xray.shape != drr.shape:
+            raise InputError("the DRR is a live preview at a coarser size; show the difference when registration ends")
+        _write_volume(outputs.overlay, overlay_image(xray, drr, mode), ijk_to_ras(outputs.xray_copy))
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
         if composite.GetLayoutName() not in views:
@@ -523,7 +563,7 @@ def _voxels(node) -> np.ndarray | None:
     image = node.GetImageData()
     if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
         return None
-    return _array_of(node)[0]
+    return voxels_of(node)[0]
 
 
 def write_loss_curve(scene, outputs: Outputs, trace: list[dict], similarity: str):
@@ -588,10 +628,14 @@ def read_inputs(setup: Setup, file_for_instance: Callable[[str], str] | None = N
     return Inputs(volume, xray, detector, pose)
 
 
+class OutOfMemory(RuntimeError):
+    """The renderer ran out of (GPU) memory; the message offers the CPU or smaller tiles."""
+
+
 def _resource_errors(exc: BaseException) -> BaseException:
     """A clear error for out-of-memory failures; others unchanged."""
     if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return RuntimeError(
+        return OutOfMemory(
             f"out of memory: {exc}. Choose Device 'cpu' under Options, or lower 'Memory budget (MB)' so the DRR is "
             "rendered in smaller tiles"
         )
@@ -636,13 +680,15 @@ def registration_options(setup: Setup):
 
 
 def run_registration(scene, setup: Setup, progress: Callable | None = None, cancel: Callable[[], bool] | None = None,
-                     file_for_instance=None, live_every: int = 5) -> SceneResult:
+                     file_for_instance=None, live_every: int = 5, live_pixels: int = 128) -> SceneResult:
     """Register the setup's CT to its X-ray and write the pose, DRR, overlay and loss curve into output nodes.
 
     ``progress(Progress, text)`` is called after every iteration (the
     module updates its bar there and processes GUI events); every
-    ``live_every`` iterations the output transform is moved to the best pose
-    so far, live. ``cancel()`` returning True stops the run: the best pose so
+    ``live_every`` iterations (0 = never) the output transform is moved to the
+    best pose so far and the DRR node shows that pose, rendered on the same
+    detector with at most ``live_pixels`` pixels per side (it covers the
+    same detector area, so the overlay stays aligned). ``cancel()`` returning True stops the run: the best pose so
     far is written and the message says so. If the run fails, the output
     transform gets its previous matrix back. Input nodes are only read.
     """
@@ -657,12 +703,17 @@ def run_registration(scene, setup: Setup, progress: Callable | None = None, canc
     place_outputs(outputs, setup.transformMeaning)
     xray_image = inputs.xray.image.cpu().numpy()
     write_detector_images(outputs, inputs.detector, xray=xray_image)
+    live_detector = inputs.detector.downsample(max(1.0, max(inputs.detector.shape) / max(1, live_pixels)))
 
     def callback(info) -> None:
         text = (f"level {info.level + 1}/{info.n_levels}, iteration {info.iteration + 1}: "
                 f"{setup.similarity} {info.similarity:.4f}")
         if live_every and info.pose is not None and info.total_iterations % live_every == 0:
             write_pose(outputs, info.pose, setup.transformMeaning, setup.inputVolume)
+            with torch.no_grad():
+                live = render(inputs.volume, live_detector, info.pose.to(inputs.volume.mu.device), setup.renderer,
+                              max_memory_mb=setup.maxMemoryMb)[0]
+            _write_volume(outputs.drr, live.cpu().numpy(), detector_plane_matrix(live_detector))
         if progress is not None:
             progress(info, text)
 

@@ -237,3 +237,39 @@ def test_bad_input_says_what_is_wrong(tmp_path):
         figures.line_plot({"loss": ([0, 1, 2], [1.0, 2.0])})
     with pytest.raises(InputError, match="uint8"):
         figures.save_png(tmp_path / "x.png", np.zeros((4, 4, 3)))
+
+
+def test_blend_is_alpha_compositing_of_the_windowed_images():
+    rng = np.random.default_rng(3)
+    xray, drr = rng.random((20, 30)), rng.random((20, 30))
+    back = to_uint8(xray).astype(float)
+    front = to_uint8(drr).astype(float)
+    out = figures.blend(xray, drr, 0.25, tint=(255, 128, 0))
+    np.testing.assert_allclose(out[..., 0], np.round(0.75 * back + 0.25 * front), atol=0.5)
+    np.testing.assert_allclose(out[..., 1], np.round(0.75 * back + 0.25 * front * 128 / 255), atol=0.5)
+    np.testing.assert_allclose(out[..., 2], np.round(0.75 * back), atol=0.5)
+    np.testing.assert_array_equal(figures.blend(xray, drr, 0.0)[..., 0], to_uint8(xray))
+    with pytest.raises(InputError, match="opacity"):
+        figures.blend(xray, drr, 1.5)
+
+
+def test_difference_is_zero_for_an_affine_copy_and_signed_otherwise():
+    rng = np.random.default_rng(4)
+    xray = rng.random((16, 16))
+    same = figures.difference(xray, 3.0 * xray + 7.0)
+    assert np.all((same == 127) | (same == 128))  # z-scores cancel: mid grey (127.5 up to rounding)
+    bright = xray.copy()
+    bright[4, 4] += 5.0
+    diff = figures.difference(bright, xray)
+    assert diff[4, 4, 0] > 200 and diff.shape == (16, 16, 3)
+
+
+def test_panel_row_layout():
+    a = np.zeros((10, 12, 3), np.uint8)
+    b = np.full((10, 7, 3), 9, np.uint8)
+    row = figures.panel_row([a, b], ["", ""])
+    assert row.shape == (10, 12 + figures.SEPARATOR_PX + 7, 3)
+    np.testing.assert_array_equal(row[:, 12 + figures.SEPARATOR_PX:], b)
+    assert np.all(row[:, 12:12 + figures.SEPARATOR_PX] == 255)
+    with pytest.raises(InputError, match="same height"):
+        figures.panel_row([a, b[:5]], ["a", "b"])

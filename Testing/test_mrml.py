@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import slicer
 import torch
 
-from DiffRegLogic import evaluation, io, mrml, settings
+from DiffRegLogic import evaluation, io, mrml, selftest, settings
 from DiffRegLogic.drr import render
 from DiffRegLogic.errors import InputError
 from DiffRegLogic.geometry import Detector, clinical_to_pose, invert_rigid, project
@@ -232,6 +232,11 @@ def test_dicom_tags_through_the_instance_uid(scene, tmp_path):
     detector = mrml.detector_from_setup(settings.Setup(sdd=900.0, pixelSpacingRow=0.5), geo)
     assert (float(detector.sdd), tuple(detector.pixel_spacing)) == (900.0, (0.5, 0.25))
     assert geo.source == str(path)
+    # auto-fill: zeros take the X-ray's values, entered numbers stay
+    setup = settings.Setup(xrayVolume=node, pixelSpacingColumn=0.2)
+    mrml.fill_geometry(setup, file_for_instance)
+    assert (setup.sdd, setup.pixelSpacingRow, setup.pixelSpacingColumn) == (1100.0, 0.3, 0.2)
+    assert (setup.primaryAngle, setup.secondaryAngle, setup.sourceToIsocenter) == (30.0, -5.0, 700.0)
 
 
 def test_missing_geometry_messages(scene):
@@ -302,7 +307,7 @@ def test_overlay_views_and_images(scene):
     composite.SetLayoutName("Red")
     setup = base_setup(ct, xr)
     outputs = mrml.render_preview(scene, setup)
-    mrml.show_overlay(scene, outputs, detector, "blend", 0.3)
+    mrml.show_overlay(scene, outputs, "blend", 0.3)
     assert composite.GetBackgroundVolumeID() == outputs.xray_copy.GetID()
     assert composite.GetForegroundVolumeID() == outputs.drr.GetID()
     assert composite.GetForegroundOpacity() == pytest.approx(0.3)
@@ -310,18 +315,18 @@ def test_overlay_views_and_images(scene):
     normal = np.array([slice_node.GetSliceToRAS().GetElement(r, 2) for r in range(3)])
     ray = invert_rigid(setup_pose := mrml.initial_pose(setup, volume, mrml.geometry_from_xray(xr)))[:3, 2].numpy()
     assert abs(abs(normal @ ray) / np.linalg.norm(normal) - 1) < 1e-9
-    mrml.show_overlay(scene, outputs, detector, "difference")
+    mrml.show_overlay(scene, outputs, "difference")
     assert composite.GetBackgroundVolumeID() == outputs.overlay.GetID() and composite.GetForegroundVolumeID() is None
     diff = slicer.util.arrayFromVolume(outputs.overlay)[0]
     xz = (xr_img := slicer.util.arrayFromVolume(xr)[0].astype(np.float64)) - xr_img.mean()
     drr = render(volume, detector, setup_pose)[0].numpy()
     expected = xz / xz.std() - (drr - drr.mean()) / drr.std()
     np.testing.assert_allclose(diff, expected, atol=1e-4)
-    mrml.show_overlay(scene, outputs, detector, "checkerboard")
+    mrml.show_overlay(scene, outputs, "checkerboard")
     board = slicer.util.arrayFromVolume(outputs.overlay)[0]
     np.testing.assert_allclose(board[0, 0], xz[0, 0] / xz.std(), atol=1e-5)
     with pytest.raises(InputError, match="opacity"):
-        mrml.show_overlay(scene, outputs, detector, "blend", 1.5)
+        mrml.show_overlay(scene, outputs, "blend", 1.5)
 
 
 # --------------------------------------------------------------------------
@@ -350,8 +355,13 @@ def test_registration_in_the_scene(scene):
     mrml.set_transform_matrix(start_node, mrml.transform_from_pose(start, settings.CARM_IN_PATIENT, ct))
     start_matrix = mrml.transform_matrix(start_node)
     setup = base_setup(ct, xr, initialPoseMode=settings.POSE_FROM_TRANSFORM, initialTransform=start_node)
-    seen = []
-    done = mrml.run_registration(scene, setup, progress=lambda info, text: seen.append((info, text)))
+    seen, live_shapes = [], []
+
+    def progress(info, text):
+        seen.append((info, text))
+        live_shapes.append(setup.outputDrr.GetImageData().GetDimensions() if setup.outputDrr.GetImageData() else None)
+
+    done = mrml.run_registration(scene, setup, progress=progress, live_pixels=32)
     estimate = mrml.pose_from_transform(setup.outputTransform, settings.CARM_IN_PATIENT, ct)
     points = evaluation.target_points(volume, 500)
     assert float(evaluation.mtre(start, truth, points)) > 10
@@ -363,6 +373,7 @@ def test_registration_in_the_scene(scene):
         assert node.GetTransformNodeID() == parent
     np.testing.assert_array_equal(mrml.transform_matrix(start_node), start_matrix)
     assert len(seen) == done.result.iterations and "level 1/3" in seen[0][1]
+    assert (32, 30, 1) in live_shapes  # the live DRR: 64 x 60 detector at half size, while registering
     table = done.chart.GetNthPlotSeriesNode(0).GetTableNode().GetTable()
     assert table.GetNumberOfRows() == done.result.iterations
     assert table.GetValueByName(table.GetNumberOfRows() - 1, "zncc").ToDouble() == pytest.approx(
@@ -422,7 +433,38 @@ def test_setup_errors(scene):
 
 def test_out_of_memory_message():
     error = mrml._resource_errors(MemoryError("the GPU ran out of memory"))
-    assert isinstance(error, RuntimeError) and "Device 'cpu'" in str(error) and "Memory budget" in str(error)
+    assert isinstance(error, mrml.OutOfMemory) and "Device 'cpu'" in str(error) and "Memory budget" in str(error)
+    other = ValueError("x")
+    assert mrml._resource_errors(other) is other
+
+
+def test_overlay_needs_a_drr_first(scene):
+    ct, xr, truth, volume, detector = simulated_case(scene)
+    with pytest.raises(InputError, match="no DRR yet"):
+        mrml.existing_outputs(base_setup(ct, xr))
+    setup = base_setup(ct, xr)
+    outputs = mrml.render_preview(scene, setup)
+    again = mrml.existing_outputs(setup)
+    assert [n.GetID() for n in (again.drr, again.xray_copy, again.model, again.overlay)] == [
+        n.GetID() for n in (outputs.drr, outputs.xray_copy, outputs.model, outputs.overlay)]
+    mrml.render_preview(scene, setup)  # a second render reuses every output node
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2 + 3
+    with pytest.raises(InputError, match="overlay mode"):
+        mrml.show_overlay(scene, outputs, "sideways")
+
+
+def test_self_test_scenario(scene):
+    """What DiffRegTest does inside Slicer, on its logic path: build the case, register, check."""
+    case = selftest.build_case(scene)
+    done = mrml.run_registration(scene, case.setup)
+    report = selftest.check_case(case)
+    assert report["mtre_before_mm"] > 10 and report["mtre_after_mm"] < 1.0 and report["inputs_unchanged"]
+    assert done.result.similarity > 0.99
+    # the check fails when the pose is wrong or an input changed
+    mrml.write_pose(done.outputs, case.truth @ torch.from_numpy(np.diag([1.0, 1, 1, 1])), "C-arm in patient", None)
+    case.setup.inputVolume.GetImageData().GetPointData().GetScalars().SetValue(0, 1234.0)
+    with pytest.raises(AssertionError, match="was modified"):
+        selftest.check_case(case)
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,480 @@
+"""DiffReg: register a patient's CT to an intra-operative X-ray in 3D Slicer.
+
+The scripted module (module, parameter node, widget, logic, self-test) is a
+thin layer: every action calls the engine through `DiffRegLogic.mrml`, which
+is tested outside the application against real MRML. The engine package
+`DiffRegLogic` sits beside this file in the packaged extension, and one folder
+up in a source checkout (added to ``sys.path`` below).
+"""
+
+import importlib.util
+import logging
+import os
+import sys
+from typing import Annotated
+
+import slicer
+import vtk
+from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+
+def _addEngineToPath() -> None:
+    """Make the DiffRegLogic package importable: beside this file (extension) or one folder up (source checkout)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isfile(os.path.join(folder, "DiffRegLogic", "__init__.py")):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            return
+
+
+_addEngineToPath()
+from DiffRegLogic import settings  # noqa: E402  (torch-free; the rest of the engine is imported on first use)
+
+README_URL = "https://github.com/diffreg/diffreg#readme"
+TORCH_REQUIREMENT = ">=2.1"
+
+
+#
+# DiffReg
+#
+
+
+class DiffReg(ScriptedLoadableModule):
+    """Module description shown in Slicer's Help & Acknowledgement section."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("DiffReg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["DiffReg developers"]
+        self.parent.helpText = _(
+            "Registers a CT volume to an intra-operative X-ray (2D/3D rigid registration) with a differentiable "
+            "DRR renderer and gradient-based optimisation, coarse to fine.<br><br>"
+            "Pick the CT (Hounsfield units) and the X-ray (a single-slice volume), check the C-arm geometry "
+            "(read from the X-ray's DICOM tags when present), give a start (C-arm angles or a transform), press "
+            "<b>Render DRR</b> to preview and <b>Register</b> to optimise.<br><br>"
+            "Geometry convention: the output transform places the C-arm frame in patient RAS (source at the "
+            "origin, +z along the principal ray towards the detector, +x along detector columns, +y along rows, "
+            "mm); the CT does not move. The DRR and a copy of the X-ray lie on the detector plane under that "
+            "transform, with the source and detector outline as a model. Choose 'patient in C-arm' to get the "
+            "transform that moves the CT instead.<br><br>"
+            f'See the <a href="{README_URL}">README</a> for details.'
+        )
+        self.parent.acknowledgementText = _(
+            "DiffReg is an open-source project. Its registration method follows the differentiable-DRR approach "
+            "of DiffDRR (Gopalakrishnan and Golland). Module layout after Slicer's scripted-module template."
+        )
+
+
+#
+# DiffRegParameterNode
+#
+
+
+@parameterNodeWrapper
+class DiffRegParameterNode:
+    """Every setting of the panel (same names, defaults and choices as DiffRegLogic.settings.Setup).
+
+    Units: mm, degrees, pixels. Zero geometry numbers mean "read from the X-ray".
+    """
+
+    # inputs
+    inputVolume: vtkMRMLScalarVolumeNode
+    xrayVolume: vtkMRMLScalarVolumeNode
+    xrayIntensity: Annotated[str, Choice(list(settings.INTENSITIES))] = "auto"
+    # geometry
+    sdd: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0
+    pixelSpacingRow: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    pixelSpacingColumn: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    principalPointAtCenter: bool = True
+    principalPointColumn: Annotated[float, WithinRange(-100000.0, 100000.0)] = 0.0
+    principalPointRow: Annotated[float, WithinRange(-100000.0, 100000.0)] = 0.0
+    # initial pose
+    initialPoseMode: Annotated[str, Choice(list(settings.INITIAL_POSE_MODES))] = settings.POSE_FROM_ANGLES
+    initialTransform: vtkMRMLLinearTransformNode
+    primaryAngle: Annotated[float, WithinRange(-180.0, 180.0)] = 0.0
+    secondaryAngle: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
+    sourceToIsocenter: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0
+    # options
+    renderer: Annotated[str, Choice(list(settings.RENDERERS))] = "siddon"
+    similarity: Annotated[str, Choice(list(settings.SIMILARITIES))] = "zncc"
+    optimizer: Annotated[str, Choice(list(settings.OPTIMIZERS))] = "adam"
+    levels: str = "8 4 2 1"
+    iterations: Annotated[int, WithinRange(1, 100000)] = 150
+    starts: Annotated[int, WithinRange(1, 1000)] = 1
+    device: Annotated[str, Choice(list(settings.DEVICES))] = "auto"
+    maxMemoryMb: Annotated[float, WithinRange(16.0, 1048576.0)] = 2048.0
+    # outputs
+    transformMeaning: Annotated[str, Choice(list(settings.TRANSFORM_MEANINGS))] = settings.CARM_IN_PATIENT
+    outputTransform: vtkMRMLLinearTransformNode
+    outputDrr: vtkMRMLScalarVolumeNode
+    overlayMode: Annotated[str, Choice(list(settings.OVERLAY_MODES))] = "blend"
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+
+
+#
+# DiffRegWidget
+#
+
+
+class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: binds Resources/UI/DiffReg.ui to the parameter node and calls the logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
+        self._lastXrayID = None
+        self._lastOverlay = None
+        self._chart = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DiffReg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = DiffRegLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.readGeometryButton.connect("clicked(bool)", self.onReadGeometryButton)
+        self.ui.renderButton.connect("clicked(bool)", self.onRenderButton)
+        self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.showChartButton.connect("clicked(bool)", self.onShowChartButton)
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.setValue(0)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._lastXrayID = self._xrayID()
+            self._onParameterNodeModified()
+
+    def _xrayID(self):
+        node = self._parameterNode.xrayVolume if self._parameterNode else None
+        return node.GetID() if node else None
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Enable buttons for valid inputs; auto-fill geometry when a new X-ray is picked; follow overlay settings."""
+        node = self._parameterNode
+        if node is None:
+            return
+        xrayID = self._xrayID()
+        if xrayID != self._lastXrayID:
+            self._lastXrayID = xrayID
+            if xrayID and importlib.util.find_spec("torch") is not None:
+                with slicer.util.tryWithErrorDisplay(_("Could not read the X-ray geometry."), waitCursor=True):
+                    self.ui.statusLabel.text = self.logic.fillGeometry(node)
+        self.ui.principalPointColumnSpinBox.enabled = not node.principalPointAtCenter
+        self.ui.principalPointRowSpinBox.enabled = not node.principalPointAtCenter
+        fromTransform = node.initialPoseMode == settings.POSE_FROM_TRANSFORM
+        self.ui.initialTransformSelector.enabled = fromTransform
+        for widget in (self.ui.primaryAngleSliderWidget, self.ui.secondaryAngleSliderWidget,
+                       self.ui.sourceToIsocenterSpinBox):
+            widget.enabled = not fromTransform
+        reason = self._whyNotReady(node)
+        for button in (self.ui.renderButton, self.ui.registerButton):
+            button.enabled = reason is None
+            button.toolTip = reason or ""
+        self.ui.readGeometryButton.enabled = node.xrayVolume is not None and not self._running
+        overlay = (node.overlayMode, node.overlayOpacity)
+        if overlay != self._lastOverlay and not self._running and node.outputDrr is not None:
+            self._lastOverlay = overlay
+            try:
+                self.logic.showOverlay(node)
+            except ValueError as error:  # e.g. no DRR rendered into these outputs yet
+                self.ui.statusLabel.text = str(error)
+
+    def _whyNotReady(self, node):
+        if self._running:
+            return _("A registration is running")
+        if node.inputVolume is None:
+            return _("Select the input CT volume")
+        if node.xrayVolume is None:
+            return _("Select the input X-ray")
+        if node.initialPoseMode == settings.POSE_FROM_TRANSFORM and node.initialTransform is None:
+            return _("Select the initial transform, or start from C-arm angles")
+        return None
+
+    # ---- actions --------------------------------------------------------
+
+    def onReadGeometryButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not read the X-ray geometry."), waitCursor=True):
+            ensureDependencies(self.resourcePath("requirements.txt"))
+            self.ui.statusLabel.text = self.logic.fillGeometry(self._parameterNode, overwrite=True)
+
+    def onRenderButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to render the DRR."), waitCursor=True):
+            ensureDependencies(self.resourcePath("requirements.txt"))
+            self._runWithMemoryFallback(lambda: self.logic.renderPreview(self._parameterNode))
+            self._showOverlay(fit=True)
+            self.ui.statusLabel.text = _("DRR rendered at the initial pose")
+
+    def onRegisterButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=False):
+            ensureDependencies(self.resourcePath("requirements.txt"))
+            self._setRunning(True)
+            try:
+                done = self._runWithMemoryFallback(
+                    lambda: self.logic.register(self._parameterNode, self._onProgress, self._isCancelRequested))
+            finally:
+                self._setRunning(False)
+            result = done.result
+            self.ui.statusLabel.text = done.message
+            self.ui.resultsLabel.text = _(
+                "{similarity}: {before:.4f} → {after:.4f} · iterations {iterations} · {seconds:.1f} s · {state}"
+            ).format(similarity=self._parameterNode.similarity, before=result.initial_similarity,
+                     after=result.similarity, iterations=result.iterations, seconds=result.seconds,
+                     state=_("converged") if result.converged else (
+                         _("cancelled") if result.cancelled else _("not converged")))
+            self.ui.progressBar.setValue(100 if not result.cancelled else self.ui.progressBar.value)
+            self._chart = done.chart
+            self._showOverlay(fit=True)
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        self.ui.statusLabel.text = _("Cancelling: the best pose so far will be kept")
+
+    def onShowChartButton(self) -> None:
+        chart = self._chart
+        if chart is None:
+            slicer.util.errorDisplay(_("Register first: the loss curve is drawn from the last registration."))
+            return
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+    # ---- helpers --------------------------------------------------------
+
+    def _runWithMemoryFallback(self, action):
+        """Run ``action``; on running out of GPU memory offer to retry on the CPU."""
+        from DiffRegLogic import mrml
+
+        try:
+            return action()
+        except mrml.OutOfMemory as error:
+            if self._parameterNode.device == "cpu" or not slicer.util.confirmYesNoDisplay(
+                    _("{error}\n\nRetry on the CPU?").format(error=error)):
+                raise
+            self._parameterNode.device = "cpu"
+            return action()
+
+    def _setRunning(self, running: bool) -> None:
+        self._running = running
+        self._cancelRequested = False
+        self.ui.cancelButton.enabled = running
+        if running:
+            self.ui.progressBar.setValue(0)
+            self.ui.statusLabel.text = _("Registering…")
+        self._onParameterNodeModified()
+
+    def _isCancelRequested(self) -> bool:
+        return self._cancelRequested
+
+    def _onProgress(self, progress, text: str) -> None:
+        """Called by the engine after every iteration: update the bar, keep the GUI responsive."""
+        iterations = max(1, self._parameterNode.iterations)
+        fraction = (progress.level + min(1.0, (progress.iteration + 1) / iterations)) / progress.n_levels
+        self.ui.progressBar.setValue(int(100 * fraction))
+        self.ui.statusLabel.text = text
+        slicer.app.processEvents()
+
+    def _showOverlay(self, fit: bool) -> None:
+        self.logic.showOverlay(self._parameterNode)
+        if fit:
+            sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+            if sliceWidget is not None:
+                sliceWidget.sliceLogic().FitSliceToAll()
+
+
+#
+# Dependencies
+#
+
+
+def ensureDependencies(requirementsPath: str) -> None:
+    """Make torch (through the PyTorch extension) and the requirements importable; ask before installing anything.
+
+    Called from button handlers only, never at import. Raises RuntimeError with
+    what to do when a dependency is missing and not installed.
+    """
+    if importlib.util.find_spec("torch") is None:
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError as error:
+            raise RuntimeError(_(
+                "DiffReg needs PyTorch, which Slicer installs through the 'PyTorch' extension. Install that "
+                "extension from the Extensions Manager, restart Slicer, and try again.")) from error
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                raise RuntimeError(_("PyTorch was not installed; DiffReg cannot run without it."))
+    try:
+        from slicer import packaging as slicerPackaging  # Slicer >= 5.11
+    except ImportError:
+        slicerPackaging = None
+    if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):
+        slicerPackaging.pip_ensure(slicerPackaging.load_requirements(requirementsPath), requester="DiffReg")
+        return
+    from DiffRegLogic import dependencies
+
+    missing = dependencies.missing_requirements(dependencies.read_requirements(requirementsPath))
+    if not missing:
+        return
+    if not slicer.util.confirmOkCancelDisplay(
+            _("DiffReg needs these Python packages: {packages}. Install them now?").format(packages=", ".join(missing))):
+        raise RuntimeError(_("Missing Python packages: {packages}").format(packages=", ".join(missing)))
+    slicer.util.pip_install(missing)
+
+
+#
+# DiffRegLogic
+#
+
+
+class DiffRegLogic(ScriptedLoadableModuleLogic):
+    """Thin: turns the parameter node into a Setup and calls DiffRegLogic.mrml. No GUI calls.
+
+    The engine is imported inside the methods, after the widget made sure
+    torch is installed.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return DiffRegParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def _fileForInstance(uid: str):
+        database = getattr(slicer, "dicomDatabase", None)
+        return database.fileForInstance(uid) if database is not None else None
+
+    @staticmethod
+    def _storeOutputs(parameterNode, setup) -> None:
+        if parameterNode.outputTransform is not setup.outputTransform:
+            parameterNode.outputTransform = setup.outputTransform
+        if parameterNode.outputDrr is not setup.outputDrr:
+            parameterNode.outputDrr = setup.outputDrr
+
+    def fillGeometry(self, parameterNode, overwrite: bool = False) -> str:
+        """Fill unset geometry fields from the X-ray (all of them with ``overwrite``); returns a status line."""
+        from DiffRegLogic import mrml
+
+        setup = settings.Setup.from_object(parameterNode)
+        if overwrite:
+            setup.sdd = setup.pixelSpacingRow = setup.pixelSpacingColumn = setup.sourceToIsocenter = 0.0
+        geo = mrml.fill_geometry(setup, self._fileForInstance)
+        with slicer.util.NodeModify(parameterNode.parameterNode):
+            for name in ("sdd", "pixelSpacingRow", "pixelSpacingColumn", "primaryAngle", "secondaryAngle",
+                         "sourceToIsocenter"):
+                setattr(parameterNode, name, getattr(setup, name))
+        source = _("DICOM tags of {path}").format(path=geo.source) if geo.source != "node" else _("the node spacing")
+        return _("Geometry read from {source}").format(source=source)
+
+    def renderPreview(self, parameterNode):
+        """DRR at the initial pose into the output nodes (created when empty)."""
+        from DiffRegLogic import mrml
+
+        setup = settings.Setup.from_object(parameterNode)
+        outputs = mrml.render_preview(slicer.mrmlScene, setup, file_for_instance=self._fileForInstance)
+        self._storeOutputs(parameterNode, setup)
+        return outputs
+
+    def register(self, parameterNode, progress=None, cancel=None):
+        """Register; returns DiffRegLogic.mrml.SceneResult. ``progress(Progress, text)``, ``cancel() -> bool``."""
+        from DiffRegLogic import mrml
+
+        setup = settings.Setup.from_object(parameterNode)
+        done = mrml.run_registration(slicer.mrmlScene, setup, progress=progress, cancel=cancel,
+                                     file_for_instance=self._fileForInstance)
+        self._storeOutputs(parameterNode, setup)
+        logging.info("DiffReg: %s", done.message)
+        return done
+
+    def showOverlay(self, parameterNode) -> None:
+        """X-ray under the DRR (blend) or the difference / checkerboard image, in the Red slice view."""
+        from DiffRegLogic import mrml
+
+        setup = settings.Setup.from_object(parameterNode)
+        mrml.show_overlay(slicer.mrmlScene, mrml.existing_outputs(setup), setup.overlayMode, setup.overlayOpacity)
+
+
+#
+# DiffRegTest
+#
+
+
+class DiffRegTest(ScriptedLoadableModuleTest):
+    """Self-test: phantom CT and simulated X-ray as nodes, registration from a perturbed start, mTRE < 1 mm."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_DiffReg1()
+
+    def test_DiffReg1(self):
+        self.delayDisplay("Starting the DiffReg self-test")
+        if importlib.util.find_spec("torch") is None:
+            self.fail("PyTorch is not installed: install the PyTorch extension and press Render DRR once")
+        from DiffRegLogic import selftest
+
+        logic = DiffRegLogic()
+        case = selftest.build_case(slicer.mrmlScene)
+        parameterNode = logic.getParameterNode()
+        for name in settings.Setup.field_names():
+            setattr(parameterNode, name, getattr(case.setup, name))
+        logic.renderPreview(parameterNode)
+        done = logic.register(parameterNode)
+        case.setup.outputTransform = parameterNode.outputTransform
+        report = selftest.check_case(case)
+        self.assertLess(report["mtre_after_mm"], 1.0)
+        self.assertTrue(report["inputs_unchanged"])
+        self.assertFalse(done.result.cancelled)
+        self.delayDisplay(f"DiffReg self-test passed: mTRE {report['mtre_before_mm']:.1f} -> "
+                          f"{report['mtre_after_mm']:.2f} mm")
