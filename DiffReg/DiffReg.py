@@ -408,9 +408,9 @@ class DiffRegLogic(ScriptedLoadableModuleLogic):
         if overwrite:
             setup.sdd = setup.pixelSpacingRow = setup.pixelSpacingColumn = setup.sourceToIsocenter = 0.0
         geo = mrml.fill_geometry(setup, self._fileForInstance)
-        with slicer.util.NodeModify(parameterNode.parameterNode):
-            for name in ("sdd", "pixelSpacingRow", "pixelSpacingColumn", "primaryAngle", "secondaryAngle",
-                         "sourceToIsocenter"):
+        for name in ("sdd", "pixelSpacingRow", "pixelSpacingColumn", "primaryAngle", "secondaryAngle",
+                     "sourceToIsocenter"):
+            if getattr(parameterNode, name) != getattr(setup, name):
                 setattr(parameterNode, name, getattr(setup, name))
         source = _("DICOM tags of {path}").format(path=geo.source) if geo.source != "node" else _("the node spacing")
         return _("Geometry read from {source}").format(source=source)
