@@ -280,7 +280,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Cancelling: the best pose so far will be kept")
 
     def onShowChartButton(self) -> None:
-        chart = self._chart
+        chart = self._chart or self.logic.lossChart(self._parameterNode)
         if chart is None:
             slicer.util.errorDisplay(_("Register first: the loss curve is drawn from the last registration."))
             return
@@ -434,6 +434,12 @@ class DiffRegLogic(ScriptedLoadableModuleLogic):
         self._storeOutputs(parameterNode, setup)
         logging.info("DiffReg: %s", done.message)
         return done
+
+    def lossChart(self, parameterNode):
+        """The plot chart node of the last registration into the selected outputs (None before any)."""
+        from DiffRegLogic import mrml
+
+        return mrml.loss_chart(settings.Setup.from_object(parameterNode))
 
     def showOverlay(self, parameterNode) -> None:
         """X-ray under the DRR (blend) or the difference / checkerboard image, in the Red slice view."""

@@ -57,6 +57,7 @@ from .xray import XRay, read_xray, xray_from_array
 ROLE_MOVING, ROLE_FIXED = "movingVolume", "fixedVolume"  # on the output transform, as registration modules do
 ROLE_DRR, ROLE_XRAY_COPY, ROLE_MODEL, ROLE_OVERLAY = "diffregDrr", "diffregXray", "diffregCarm", "diffregOverlay"
 ROLE_TABLE, ROLE_CHART = "diffregTable", "diffregChart"
+CARM_COLOR = (1.0, 0.8, 0.2)  # source, detector outline and edge rays in 3D
 
 
 # --------------------------------------------------------------------------
@@ -460,6 +461,10 @@ def ensure_outputs(scene, setup: Setup) -> Outputs:
         drr.CreateDefaultDisplayNodes()
     xray_copy = _referenced(drr, ROLE_XRAY_COPY, scene, "vtkMRMLScalarVolumeNode", f"{base} on detector")
     model = _referenced(drr, ROLE_MODEL, scene, "vtkMRMLModelNode", f"{base} C-arm")
+    display = model.GetDisplayNode()
+    if display is not None:
+        display.SetColor(*CARM_COLOR)
+        display.SetLineWidth(2.0)
     overlay = _referenced(drr, ROLE_OVERLAY, scene, "vtkMRMLScalarVolumeNode", f"{base} overlay")
     transform = setup.outputTransform
     if setup.inputVolume is not None:
@@ -523,6 +528,11 @@ def existing_outputs(setup: Setup) -> Outputs:
     return Outputs(transform, drr, *parts)
 
 
+def loss_chart(setup: Setup):
+    """The loss-curve chart of the last registration into these outputs, or None."""
+    return setup.outputDrr.GetNodeReference(ROLE_CHART) if setup.outputDrr is not None else None
+
+
 def show_overlay(scene, outputs: Outputs, mode: str = "blend", opacity: float = 0.5,
                  views: tuple[str, ...] = ("Red",)) -> None:
     """Set the slice views: X-ray copy under the DRR (blend), or the difference/checkerboard volume alone.
@@ -557,6 +567,7 @@ def show_overlay(scene, outputs: Outputs, mode: str = "blend", opacity: float = 
         slice_node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
         if slice_node.GetLayoutName() in views:
             slice_node.RotateToVolumePlane(outputs.xray_copy)
+            slice_node.SetSliceVisible(True)  # the detector image in 3D, where the C-arm was
 
 
 def _voxels(node) -> np.ndarray | None:

@@ -311,6 +311,8 @@ def test_overlay_views_and_images(scene):
     assert composite.GetBackgroundVolumeID() == outputs.xray_copy.GetID()
     assert composite.GetForegroundVolumeID() == outputs.drr.GetID()
     assert composite.GetForegroundOpacity() == pytest.approx(0.3)
+    assert slice_node.GetSliceVisible()  # shown in 3D on the detector plane
+    assert outputs.model.GetDisplayNode().GetColor() == pytest.approx(mrml.CARM_COLOR)
     # the slice plane is the detector plane: its normal is the principal ray in world
     normal = np.array([slice_node.GetSliceToRAS().GetElement(r, 2) for r in range(3)])
     ray = invert_rigid(setup_pose := mrml.initial_pose(setup, volume, mrml.geometry_from_xray(xr)))[:3, 2].numpy()
@@ -374,6 +376,7 @@ def test_registration_in_the_scene(scene):
     np.testing.assert_array_equal(mrml.transform_matrix(start_node), start_matrix)
     assert len(seen) == done.result.iterations and "level 1/3" in seen[0][1]
     assert (32, 30, 1) in live_shapes  # the live DRR: 64 x 60 detector at half size, while registering
+    assert mrml.loss_chart(setup) is done.chart
     table = done.chart.GetNthPlotSeriesNode(0).GetTableNode().GetTable()
     assert table.GetNumberOfRows() == done.result.iterations
     assert table.GetValueByName(table.GetNumberOfRows() - 1, "zncc").ToDouble() == pytest.approx(
