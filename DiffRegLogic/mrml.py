@@ -699,12 +699,13 @@ def run_registration(scene, setup: Setup, progress: Callable | None = None, canc
     ``live_every`` iterations (0 = never) the output transform is moved to the
     best pose so far and the DRR node shows that pose, rendered on the same
     detector with at most ``live_pixels`` pixels per side (it covers the
-    same detector area, so the overlay stays aligned). ``cancel()`` returning True stops the run: the best pose so
+    same detector area, so the overlay stays aligned) from a CT averaged to
+    that pixel size, so the preview costs little next to an iteration. ``cancel()`` returning True stops the run: the best pose so
     far is written and the message says so. If the run fails, the output
     transform gets its previous matrix back. Input nodes are only read.
     """
     from .drr import render
-    from .registration import register
+    from .registration import register, volume_factor
 
     options = registration_options(setup)
     options.validate()
@@ -715,6 +716,9 @@ def run_registration(scene, setup: Setup, progress: Callable | None = None, canc
     xray_image = inputs.xray.image.cpu().numpy()
     write_detector_images(outputs, inputs.detector, xray=xray_image)
     live_detector = inputs.detector.downsample(max(1.0, max(inputs.detector.shape) / max(1, live_pixels)))
+    source = -(inputs.pose[:3, :3].T @ inputs.pose[:3, 3])
+    live_factor = volume_factor(inputs.volume, live_detector, float((source - inputs.volume.center.cpu()).norm()))
+    live_volume = inputs.volume if live_factor == (1.0, 1.0, 1.0) else inputs.volume.downsample(live_factor)
 
     def callback(info) -> None:
         text = (f"level {info.level + 1}/{info.n_levels}, iteration {info.iteration + 1}: "
@@ -722,7 +726,7 @@ def run_registration(scene, setup: Setup, progress: Callable | None = None, canc
         if live_every and info.pose is not None and info.total_iterations % live_every == 0:
             write_pose(outputs, info.pose, setup.transformMeaning, setup.inputVolume)
             with torch.no_grad():
-                live = render(inputs.volume, live_detector, info.pose.to(inputs.volume.mu.device), setup.renderer,
+                live = render(live_volume, live_detector, info.pose.to(inputs.volume.mu.device), setup.renderer,
                               max_memory_mb=setup.maxMemoryMb)[0]
             _write_volume(outputs.drr, live.cpu().numpy(), detector_plane_matrix(live_detector))
         if progress is not None:

@@ -243,7 +243,7 @@ class _Level:
     mask: torch.Tensor | None
 
 
-def _volume_factor(volume: Volume, detector: Detector, source_to_center: float) -> tuple[float, float, float]:
+def volume_factor(volume: Volume, detector: Detector, source_to_center: float) -> tuple[float, float, float]:
     """Per-axis CT downsampling so voxels are about the detector pixel size at the isocentre (never finer than the CT)."""
     pixel_at_iso = min(float(detector.pixel_spacing[0]), float(detector.pixel_spacing[1])) * source_to_center / float(detector.sdd)
     return tuple(max(1.0, math.floor(pixel_at_iso / float(s))) for s in volume.spacing)
@@ -260,7 +260,7 @@ def _levels(volume: Volume, xray: torch.Tensor, detector: Detector, mask: torch.
         else:
             xr = F.interpolate(xray[None, None], size=det.shape, mode="area")[0, 0]
             mk = None if mask is None else F.interpolate(mask[None, None].to(xray.dtype), size=det.shape, mode="area")[0, 0]
-        vf = _volume_factor(volume, det, source_to_center)
+        vf = volume_factor(volume, det, source_to_center)
         if vf not in cache:
             cache[vf] = volume if vf == (1.0, 1.0, 1.0) else volume.downsample(vf)
         levels.append(_Level(factor, cache[vf], det, xr, mk))
