@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import sys
+import unittest
 from typing import Annotated
 
 import slicer
@@ -30,7 +31,7 @@ def _addEngineToPath() -> None:
     for folder in (here, os.path.dirname(here)):
         if os.path.isfile(os.path.join(folder, "DiffRegLogic", "__init__.py")):
             if folder not in sys.path:
-                sys.path.insert(0, folder)
+                sys.path.insert(0, folder)  # first: this checkout's engine wins over any pip-installed copy
             return
 
 
@@ -66,8 +67,8 @@ class DiffReg(ScriptedLoadableModule):
             "mm); the CT does not move. The DRR and a copy of the X-ray lie on the detector plane under that "
             "transform, with the source and detector outline as a model. Choose 'patient in C-arm' to get the "
             "transform that moves the CT instead.<br><br>"
-            f'See the <a href="{README_URL}">README</a> for details.'
-        )
+            'See the <a href="{url}">README</a> for details.'
+        ).format(url=README_URL)
         self.parent.acknowledgementText = _(
             "DiffReg is an open-source project. Its registration method follows the differentiable-DRR approach "
             "of DiffDRR (Gopalakrishnan and Golland). Module layout after Slicer's scripted-module template."
@@ -139,6 +140,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastXrayID = None
         self._lastOverlay = None
         self._chart = None
+        self._runIterations = 1
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -172,6 +174,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._parameterNode = None
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -203,12 +206,27 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         if node is None:
             return
+        self._updateButtons(node)
+        torchReady = importlib.util.find_spec("torch") is not None  # the engine needs it; installed on first action
         xrayID = self._xrayID()
         if xrayID != self._lastXrayID:
             self._lastXrayID = xrayID
-            if xrayID and importlib.util.find_spec("torch") is not None:
-                with slicer.util.tryWithErrorDisplay(_("Could not read the X-ray geometry."), waitCursor=True):
+            if xrayID and torchReady:
+                try:
                     self.ui.statusLabel.text = self.logic.fillGeometry(node)
+                except Exception as error:  # an observer must not raise: report in the panel
+                    logging.exception("DiffReg: reading the X-ray geometry failed")
+                    self.ui.statusLabel.text = _("Could not read the X-ray geometry: {error}").format(error=error)
+        overlay = (node.overlayMode, node.overlayOpacity)
+        if overlay != self._lastOverlay and torchReady and not self._running and node.outputDrr is not None:
+            self._lastOverlay = overlay
+            try:
+                self.logic.showOverlay(node)
+            except Exception as error:  # e.g. no DRR rendered into these outputs yet
+                self.ui.statusLabel.text = str(error)
+
+    def _updateButtons(self, node) -> None:
+        """Enable what the current settings allow; disabled buttons say why in their tooltip."""
         self.ui.principalPointColumnSpinBox.enabled = not node.principalPointAtCenter
         self.ui.principalPointRowSpinBox.enabled = not node.principalPointAtCenter
         fromTransform = node.initialPoseMode == settings.POSE_FROM_TRANSFORM
@@ -221,13 +239,6 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.enabled = reason is None
             button.toolTip = reason or ""
         self.ui.readGeometryButton.enabled = node.xrayVolume is not None and not self._running
-        overlay = (node.overlayMode, node.overlayOpacity)
-        if overlay != self._lastOverlay and not self._running and node.outputDrr is not None:
-            self._lastOverlay = overlay
-            try:
-                self.logic.showOverlay(node)
-            except ValueError as error:  # e.g. no DRR rendered into these outputs yet
-                self.ui.statusLabel.text = str(error)
 
     def _whyNotReady(self, node):
         if self._running:
@@ -245,35 +256,39 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onReadGeometryButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not read the X-ray geometry."), waitCursor=True):
             ensureDependencies(self.resourcePath("requirements.txt"))
-            self.ui.statusLabel.text = self.logic.fillGeometry(self._parameterNode, overwrite=True)
+            self.ui.statusLabel.text = self.logic.fillGeometry(self._parameterNode)
 
     def onRenderButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to render the DRR."), waitCursor=True):
             ensureDependencies(self.resourcePath("requirements.txt"))
-            self._runWithMemoryFallback(lambda: self.logic.renderPreview(self._parameterNode))
+            node = self._parameterNode
+            self._runWithMemoryFallback(node, lambda: self.logic.renderPreview(node))
             self._showOverlay(fit=True)
             self.ui.statusLabel.text = _("DRR rendered at the initial pose")
 
     def onRegisterButton(self) -> None:
+        node = self._parameterNode  # kept: the scene may be closed while events are processed during the run
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=False):
             ensureDependencies(self.resourcePath("requirements.txt"))
             self._setRunning(True)
+            self._runIterations = max(1, node.iterations)
             try:
                 done = self._runWithMemoryFallback(
-                    lambda: self.logic.register(self._parameterNode, self._onProgress, self._isCancelRequested))
+                    node, lambda: self.logic.register(node, self._onProgress, self._isCancelRequested))
             finally:
                 self._setRunning(False)
             result = done.result
             self.ui.statusLabel.text = done.message
             self.ui.resultsLabel.text = _(
                 "{similarity}: {before:.4f} → {after:.4f} · iterations {iterations} · {seconds:.1f} s · {state}"
-            ).format(similarity=self._parameterNode.similarity, before=result.initial_similarity,
+            ).format(similarity=node.similarity, before=result.initial_similarity,
                      after=result.similarity, iterations=result.iterations, seconds=result.seconds,
                      state=_("converged") if result.converged else (
                          _("cancelled") if result.cancelled else _("not converged")))
             self.ui.progressBar.setValue(100 if not result.cancelled else self.ui.progressBar.value)
             self._chart = done.chart
-            self._showOverlay(fit=True)
+            if self._parameterNode is node:
+                self._showOverlay(fit=True)
 
     def onCancelButton(self) -> None:
         self._cancelRequested = True
@@ -288,17 +303,17 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- helpers --------------------------------------------------------
 
-    def _runWithMemoryFallback(self, action):
+    def _runWithMemoryFallback(self, node, action):
         """Run ``action``; on running out of GPU memory offer to retry on the CPU."""
         from DiffRegLogic import mrml
 
         try:
             return action()
         except mrml.OutOfMemory as error:
-            if self._parameterNode.device == "cpu" or not slicer.util.confirmYesNoDisplay(
+            if node.device == "cpu" or not slicer.util.confirmYesNoDisplay(
                     _("{error}\n\nRetry on the CPU?").format(error=error)):
                 raise
-            self._parameterNode.device = "cpu"
+            node.device = "cpu"
             return action()
 
     def _setRunning(self, running: bool) -> None:
@@ -315,7 +330,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onProgress(self, progress, text: str) -> None:
         """Called by the engine after every iteration: update the bar, keep the GUI responsive."""
-        iterations = max(1, self._parameterNode.iterations)
+        iterations = self._runIterations
         fraction = (progress.level + min(1.0, (progress.iteration + 1) / iterations)) / progress.n_levels
         self.ui.progressBar.setValue(int(100 * fraction))
         self.ui.statusLabel.text = text
@@ -323,8 +338,9 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showOverlay(self, fit: bool) -> None:
         self.logic.showOverlay(self._parameterNode)
-        if fit:
-            sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
+        layoutManager = slicer.app.layoutManager()  # None without a main window (e.g. --no-main-window tests)
+        if fit and layoutManager is not None:
+            sliceWidget = layoutManager.sliceWidget("Red")
             if sliceWidget is not None:
                 sliceWidget.sliceLogic().FitSliceToAll()
 
@@ -400,18 +416,18 @@ class DiffRegLogic(ScriptedLoadableModuleLogic):
         if parameterNode.outputDrr is not setup.outputDrr:
             parameterNode.outputDrr = setup.outputDrr
 
-    def fillGeometry(self, parameterNode, overwrite: bool = False) -> str:
-        """Fill unset geometry fields from the X-ray (all of them with ``overwrite``); returns a status line."""
+    def fillGeometry(self, parameterNode, overwrite: bool = True) -> str:
+        """Geometry fields from the X-ray (what it states replaces the current values; the rest is kept)."""
         from DiffRegLogic import mrml
 
         setup = settings.Setup.from_object(parameterNode)
-        if overwrite:
-            setup.sdd = setup.pixelSpacingRow = setup.pixelSpacingColumn = setup.sourceToIsocenter = 0.0
-        geo = mrml.fill_geometry(setup, self._fileForInstance)
-        for name in ("sdd", "pixelSpacingRow", "pixelSpacingColumn", "primaryAngle", "secondaryAngle",
-                     "sourceToIsocenter"):
-            if getattr(parameterNode, name) != getattr(setup, name):
-                setattr(parameterNode, name, getattr(setup, name))
+        geo = mrml.fill_geometry(setup, self._fileForInstance, overwrite=overwrite)
+        with slicer.util.NodeModify(parameterNode):  # one Modified event for all fields
+            for name in ("sdd", "pixelSpacingRow", "pixelSpacingColumn", "primaryAngle", "secondaryAngle",
+                         "sourceToIsocenter"):
+                value = float(getattr(setup, name))  # the wrapper accepts Python floats only
+                if getattr(parameterNode, name) != value:
+                    setattr(parameterNode, name, value)
         source = _("DICOM tags of {path}").format(path=geo.source) if geo.source != "node" else _("the node spacing")
         return _("Geometry read from {source}").format(source=source)
 
@@ -462,19 +478,23 @@ class DiffRegTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_DiffReg1()
+        try:
+            self.test_DiffReg1()
+        except unittest.SkipTest as reason:  # Slicer's SelfTests call runTest directly
+            logging.warning("DiffReg self-test skipped: %s", reason)
 
     def test_DiffReg1(self):
         self.delayDisplay("Starting the DiffReg self-test")
         if importlib.util.find_spec("torch") is None:
-            self.fail("PyTorch is not installed: install the PyTorch extension and press Render DRR once")
+            self.skipTest("PyTorch is not installed: install the PyTorch extension and press Render DRR once")
         from DiffRegLogic import selftest
 
         logic = DiffRegLogic()
         case = selftest.build_case(slicer.mrmlScene)
         parameterNode = logic.getParameterNode()
-        for name in settings.Setup.field_names():
-            setattr(parameterNode, name, getattr(case.setup, name))
+        with slicer.util.NodeModify(parameterNode):
+            for name in settings.Setup.field_names():
+                setattr(parameterNode, name, getattr(case.setup, name))
         logic.renderPreview(parameterNode)
         done = logic.register(parameterNode)
         case.setup.outputTransform = parameterNode.outputTransform

@@ -241,21 +241,27 @@ def geometry_from_xray(node, file_for_instance: Callable[[str], str] | None = No
     return geo
 
 
-def fill_geometry(setup: Setup, file_for_instance: Callable[[str], str] | None = None) -> XRayGeometry:
-    """Fill the setup's unset (zero) geometry and C-arm angle fields from the X-ray node and its DICOM tags.
+def fill_geometry(setup: Setup, file_for_instance: Callable[[str], str] | None = None,
+                  overwrite: bool = False) -> XRayGeometry:
+    """Fill the setup's geometry and C-arm angle fields from the X-ray node and its DICOM tags.
 
-    Numbers the user already entered are kept. Returns what was found.
+    Without ``overwrite`` only unset (zero) fields are filled, so numbers the
+    user entered stay. With ``overwrite`` (a new X-ray was picked) every value
+    the X-ray states replaces the current one; fields it does not state are
+    kept. Returns what was found.
     """
     geo = geometry_from_xray(setup.xrayVolume, file_for_instance)
-    if geo.sdd and not setup.sdd > 0:
-        setup.sdd = geo.sdd
+
+    def put(name: str, value) -> None:
+        if value and (overwrite or not getattr(setup, name) > 0):
+            setattr(setup, name, float(value))
+
+    put("sdd", geo.sdd)
     if geo.pixel_spacing:
-        if not setup.pixelSpacingRow > 0:
-            setup.pixelSpacingRow = geo.pixel_spacing[0]
-        if not setup.pixelSpacingColumn > 0:
-            setup.pixelSpacingColumn = geo.pixel_spacing[1]
-    if geo.clinical is not None and not setup.sourceToIsocenter > 0:
-        setup.primaryAngle, setup.secondaryAngle, setup.sourceToIsocenter = geo.clinical
+        put("pixelSpacingRow", geo.pixel_spacing[0])
+        put("pixelSpacingColumn", geo.pixel_spacing[1])
+    if geo.clinical is not None and (overwrite or not setup.sourceToIsocenter > 0):
+        setup.primaryAngle, setup.secondaryAngle, setup.sourceToIsocenter = (float(v) for v in geo.clinical)
     return geo
 
 

@@ -237,6 +237,13 @@ def test_dicom_tags_through_the_instance_uid(scene, tmp_path):
     mrml.fill_geometry(setup, file_for_instance)
     assert (setup.sdd, setup.pixelSpacingRow, setup.pixelSpacingColumn) == (1100.0, 0.3, 0.2)
     assert (setup.primaryAngle, setup.secondaryAngle, setup.sourceToIsocenter) == (30.0, -5.0, 700.0)
+    assert all(type(getattr(setup, n)) is float for n in ("sdd", "pixelSpacingRow", "primaryAngle"))
+    # a newly picked X-ray: what it states replaces old values; what it does not state is kept
+    plain = xray_node(scene, image.astype(np.float64), spacing=(0.5, 0.4), name="plain")
+    setup.xrayVolume = plain
+    mrml.fill_geometry(setup, overwrite=True)
+    assert (setup.sdd, setup.pixelSpacingRow, setup.pixelSpacingColumn) == (1100.0, 0.5, 0.4)
+    assert setup.sourceToIsocenter == 700.0
 
 
 def test_missing_geometry_messages(scene):

@@ -280,7 +280,7 @@ def test_extension_cmake():
     text = (ROOT / "CMakeLists.txt").read_text()
     for needle in ("project(DiffReg)", 'set(EXTENSION_CATEGORY "Registration")', 'set(EXTENSION_DEPENDS "PyTorch")',
                    "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(DiffReg)",
-                   "slicerMacroExtractRepositoryInfo(", "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                   "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
                    "include(${Slicer_EXTENSION_CPACK})"):
         assert needle in text, needle
     for variable in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
