@@ -107,7 +107,7 @@ def test_gpu_out_of_memory_becomes_memory_error_with_advice(tiny, monkeypatch):
 
     monkeypatch.setattr(drr_module.siddon, "integrate", out_of_memory)
     with pytest.raises(MemoryError, match="lower max_memory_mb"):
-        render(volume, detector, pose)
+        render(volume, detector, pose, backend="reference")  # the CUDA path
 
 
 def test_inputs_are_not_modified(tiny):

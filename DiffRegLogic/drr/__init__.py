@@ -12,8 +12,16 @@ Renderers (``renderer=``):
   the volume, ``step_voxels`` voxels per step.
 
 Each renderer is an ``integrate(mu, rays) -> (B, R)`` function over a
-`RayBundle` in index space; a fused kernel can replace one by registering a
-function under the same name, without changing callers.
+`RayBundle` in index space, in two backends (``backend=``):
+
+* ``"fused"``: compiled loops over rays on the CPU (numba, `fused_cpu`) with
+  an analytic backward for the pose and intrinsics that stores nothing per
+  sample: the fast path;
+* ``"reference"``: the pure-PyTorch renderers (`siddon`, `trilinear`), on
+  any device, differentiable w.r.t. mu too; the fused path is tested
+  against them;
+* ``"auto"`` (default): fused on the CPU when numba is installed and no
+  gradient w.r.t. mu is asked for, else reference.
 
 The detector is rendered in tiles of rays of at most ``TILE_MB`` of working
 memory each (smaller tiles stay in cache; measured fastest on CPU). When
@@ -34,12 +42,13 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import InputError
 from ..geometry import Detector, check_pose
 from ..volume import Volume
-from . import siddon, trilinear
+from . import fused_cpu, siddon, trilinear
 from .rays import RayBundle, clip_to_box, detector_pixels, pixel_rays
 
-__all__ = ["render", "RENDERERS", "RayBundle", "pixel_rays", "clip_to_box"]
+__all__ = ["render", "RENDERERS", "BACKENDS", "RayBundle", "pixel_rays", "clip_to_box", "resolve_backend"]
 
 RENDERERS: dict[str, str] = {"siddon": "exact radiological path", "trilinear": "trilinear ray marching"}
+BACKENDS = ("auto", "fused", "reference")
 
 DEFAULT_MAX_MEMORY_MB = 2048.0
 # Working memory of one tile: 256 MB was the fastest tile on 2 CPU cores for both renderers
@@ -47,7 +56,32 @@ DEFAULT_MAX_MEMORY_MB = 2048.0
 TILE_MB = 256.0
 
 
-def _integrator(renderer: str, step_voxels: float) -> tuple[Callable[[torch.Tensor, RayBundle], torch.Tensor], Callable]:
+def resolve_backend(backend: str, mu: torch.Tensor, mu_grad: bool = False) -> str:
+    """``"fused"`` or ``"reference"`` for this volume; InputError when ``backend`` cannot be honoured."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "reference":
+        return "reference"
+    fused_ok = fused_cpu.AVAILABLE and mu.device.type == "cpu" and not mu_grad
+    if backend == "fused" and not fused_ok:
+        why = ("numba is not installed (pip install numba)" if not fused_cpu.AVAILABLE else
+               "it runs on the CPU only (use backend='reference' on CUDA)" if mu.device.type != "cpu" else
+               "it has no gradient w.r.t. mu (use backend='reference')")
+        raise InputError(f"backend 'fused' is not available here: {why}")
+    return "fused" if fused_ok else "reference"
+
+
+def _integrator(renderer: str, step_voxels: float, backend: str = "reference"
+                ) -> tuple[Callable[[torch.Tensor, RayBundle], torch.Tensor], Callable]:
+    """(integrate(mu, rays), bytes of working memory per ray for a volume shape)."""
+    if renderer in RENDERERS and backend == "fused":
+        if not (step_voxels > 0):
+            raise InputError(f"step_voxels must be positive, got {step_voxels}")
+
+        def fused(mu, rays):
+            return fused_cpu.integrate(mu, rays, renderer, step_voxels)
+
+        return fused, lambda shape: fused_cpu.BYTES_PER_RAY
     if renderer == "siddon":
         return siddon.integrate, lambda shape: siddon.max_samples_per_ray(shape) * siddon.BYTES_PER_SAMPLE
     if renderer == "trilinear":
@@ -61,17 +95,25 @@ def _integrator(renderer: str, step_voxels: float) -> tuple[Callable[[torch.Tens
     raise InputError(f"unknown renderer {renderer!r}; choose one of {sorted(RENDERERS)}")
 
 
-def bytes_per_ray(volume: Volume, n_poses: int, renderer: str = "siddon", step_voxels: float = 1.0) -> float:
+def bytes_per_ray(volume: Volume, n_poses: int, renderer: str = "siddon", step_voxels: float = 1.0,
+                  backend: str = "reference") -> float:
     """Estimated working memory (bytes) of one detector pixel for ``n_poses`` poses (upper bound)."""
-    _, per_ray = _integrator(renderer, step_voxels)
+    _, per_ray = _integrator(renderer, step_voxels, backend)
+    if backend == "fused":
+        return per_ray(volume.shape_ijk) * n_poses
     return per_ray(volume.shape_ijk) * n_poses * volume.mu.element_size() / 4
 
 
 def rays_per_tile(volume: Volume, n_poses: int, renderer: str = "siddon", step_voxels: float = 1.0,
-                  max_memory_mb: float = DEFAULT_MAX_MEMORY_MB) -> int:
-    """How many detector pixels one tile holds: ``min(max_memory_mb, TILE_MB)`` of working memory."""
-    budget = min(max_memory_mb, TILE_MB) * 2**20
-    return max(1, int(budget // bytes_per_ray(volume, n_poses, renderer, step_voxels)))
+                  max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, backend: str = "reference") -> int:
+    """How many detector pixels one tile holds.
+
+    Reference: ``min(max_memory_mb, TILE_MB)`` of working memory (small
+    tiles stay in cache). Fused: the whole budget, since its memory is per
+    ray, not per sample.
+    """
+    cap = max_memory_mb if backend == "fused" else min(max_memory_mb, TILE_MB)
+    return max(1, int(cap * 2**20 // bytes_per_ray(volume, n_poses, renderer, step_voxels, backend)))
 
 
 def render(
@@ -83,6 +125,7 @@ def render(
     step_voxels: float = 1.0,
     max_memory_mb: float = DEFAULT_MAX_MEMORY_MB,
     tile_rays: int | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Render DRRs of ``volume`` for one or B poses.
 
@@ -94,6 +137,7 @@ def render(
         step_voxels: trilinear step in voxels (ignored by Siddon).
         max_memory_mb: working-memory budget (MB) of the whole call, forward and backward.
         tile_rays: explicit number of pixels per tile (overrides the budget).
+        backend: "auto", "fused" or "reference" (see the module docstring).
 
     Returns:
         (B, H, W) line integrals of mu, dtype of ``volume.mu``.
@@ -102,28 +146,33 @@ def render(
         raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
     if not isinstance(detector, Detector):
         raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
-    integrate, _ = _integrator(renderer, step_voxels)
+    mu_grad = torch.is_grad_enabled() and volume.mu.requires_grad
+    backend = resolve_backend(backend, volume.mu, mu_grad)
+    integrate, _ = _integrator(renderer, step_voxels, backend)
     if not (max_memory_mb > 0):
         raise InputError(f"max_memory_mb must be a positive number of MB, got {max_memory_mb}")
-    pose = check_pose(pose).to(device=volume.mu.device, dtype=volume.mu.dtype)
+    # the fused kernels work in float64 anyway: their rays are built in float64 too (cheap: per ray, not
+    # per sample), so the DRR is a smooth function of the pose down to float64 rounding
+    ray_dtype = torch.float64 if backend == "fused" else volume.mu.dtype
+    pose = check_pose(pose).to(device=volume.mu.device, dtype=ray_dtype)
     n_poses = pose.shape[0]
-    pixels = detector_pixels(detector, volume.mu.dtype, volume.mu.device)
+    pixels = detector_pixels(detector, ray_dtype, volume.mu.device)
     n_rays = pixels.shape[0]
     if tile_rays is None:
-        tile_rays = rays_per_tile(volume, n_poses, renderer, step_voxels, max_memory_mb)
+        tile_rays = rays_per_tile(volume, n_poses, renderer, step_voxels, max_memory_mb, backend)
     if tile_rays < 1:
         raise InputError(f"tile_rays must be at least 1, got {tile_rays}")
     tile_rays = min(tile_rays, n_rays)
 
     def one_tile(p: torch.Tensor, pix: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        rays = pixel_rays(volume, detector, p, pix)
-        return integrate(mu, rays)
+        rays = pixel_rays(volume, detector, p, pix, ray_dtype)
+        return integrate(mu, rays).to(volume.mu.dtype)
 
     n_tiles = math.ceil(n_rays / tile_rays)
     needs_grad = torch.is_grad_enabled() and (pose.requires_grad or volume.mu.requires_grad or _detector_requires_grad(detector))
     # recompute tiles in backward only when keeping every tile's intermediates would break the budget
     recompute = needs_grad and n_tiles > 1 and (
-        n_rays * bytes_per_ray(volume, n_poses, renderer, step_voxels) > max_memory_mb * 2**20)
+        n_rays * bytes_per_ray(volume, n_poses, renderer, step_voxels, backend) > max_memory_mb * 2**20)
     try:
         tiles = []
         for start in range(0, n_rays, tile_rays):

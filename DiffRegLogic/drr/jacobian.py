@@ -25,13 +25,14 @@ from ..volume import Volume
 from .rays import RayBundle, clip_to_box, detector_pixels
 
 
-def per_ray_rays(volume: Volume, detector: Detector, poses: torch.Tensor, pixels: torch.Tensor) -> RayBundle:
+def per_ray_rays(volume: Volume, detector: Detector, poses: torch.Tensor, pixels: torch.Tensor,
+                 dtype: torch.dtype | None = None) -> RayBundle:
     """Rays of pixels (R, 2) = (u, v), each with its own pose: poses (B, R, 4, 4) -> a RayBundle with (B, R, .) fields.
 
     Written with broadcast products and sums rather than (B*R) tiny matrix
     products, whose backward is slow on the CPU.
     """
-    dtype = volume.mu.dtype
+    dtype = volume.mu.dtype if dtype is None else dtype
     sdd, du, dv, cx, cy = detector.tensors(dtype, pixels.device)
     pixels = pixels.to(dtype)
     cam = torch.stack([(pixels[:, 0] - cx) * du, (pixels[:, 1] - cy) * dv, sdd.expand(pixels.shape[0])], -1)  # (R, 3)
@@ -65,11 +66,12 @@ def render_with_jacobian(
     *,
     step_voxels: float = 1.0,
     max_memory_mb: float | None = None,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DRRs and their Jacobians with respect to pose parameters.
 
     Args:
-        volume, detector, renderer, step_voxels: as for `render`.
+        volume, detector, renderer, step_voxels, backend: as for `render`.
         pose_of: differentiable map from parameters (B, P) to camera_from_world (B, 4, 4).
         params: (B, P) parameter values (each row one pose).
         max_memory_mb: working-memory budget per tile (default: the renderer's).
@@ -78,29 +80,31 @@ def render_with_jacobian(
         ``drr`` (B, H, W) and ``jacobian`` (B, H, W, P) = d drr / d params,
         both detached, in the dtype of ``volume.mu``.
     """
-    from . import DEFAULT_MAX_MEMORY_MB, _integrator, rays_per_tile
+    from . import DEFAULT_MAX_MEMORY_MB, _integrator, rays_per_tile, resolve_backend
 
     if params.ndim != 2:
         raise InputError(f"params must be (B, P), got shape {tuple(params.shape)}")
-    integrate, _ = _integrator(renderer, step_voxels)
+    backend = resolve_backend(backend, volume.mu)
+    integrate, _ = _integrator(renderer, step_voxels, backend)
     dtype, device = volume.mu.dtype, volume.mu.device
-    params = params.detach().to(dtype=dtype, device=device)
+    ray_dtype = torch.float64 if backend == "fused" else dtype  # as in render()
+    params = params.detach().to(dtype=ray_dtype, device=device)
     n_poses, n_params = params.shape
     pose, d_pose = pose_jacobian(pose_of, params)
     pose, d_pose = pose.detach(), d_pose.detach()
-    pixels = detector_pixels(detector, dtype, device)
+    pixels = detector_pixels(detector, ray_dtype, device)
     budget = DEFAULT_MAX_MEMORY_MB if max_memory_mb is None else max_memory_mb
-    tile = rays_per_tile(volume, n_poses, renderer, step_voxels, budget)
+    tile = rays_per_tile(volume, n_poses, renderer, step_voxels, budget, backend)
     values, jacobians = [], []
     mu = volume.mu.detach()
     for start in range(0, pixels.shape[0], tile):
         pix = pixels[start:start + tile]
         copies = pose[:, None].expand(n_poses, pix.shape[0], 4, 4).clone().requires_grad_(True)
         with torch.enable_grad():
-            value = integrate(mu, per_ray_rays(volume, detector, copies, pix))  # (B, R)
+            value = integrate(mu, per_ray_rays(volume, detector, copies, pix, ray_dtype))  # (B, R)
             (grad,) = torch.autograd.grad(value.sum(), copies)
-        values.append(value.detach())
-        jacobians.append(torch.einsum("brij,bijp->brp", grad, d_pose))
+        values.append(value.detach().to(dtype))
+        jacobians.append(torch.einsum("brij,bijp->brp", grad, d_pose).to(dtype))
     drr = torch.cat(values, -1).reshape(n_poses, detector.rows, detector.cols)
     jac = torch.cat(jacobians, 1).reshape(n_poses, detector.rows, detector.cols, n_params)
     if not math.isfinite(float(jac.abs().sum())):

@@ -42,13 +42,14 @@ class RayBundle:
     t_far: torch.Tensor
 
 
-def pixel_rays(volume: Volume, detector: Detector, pose: torch.Tensor, pixels: torch.Tensor) -> RayBundle:
+def pixel_rays(volume: Volume, detector: Detector, pose: torch.Tensor, pixels: torch.Tensor,
+               dtype: torch.dtype | None = None) -> RayBundle:
     """Rays through ``pixels`` (R, 2) = (u, v) for poses (B, 4, 4).
 
-    Computed in the dtype of ``volume.mu``; differentiable w.r.t. the pose
-    and the detector's tensor-valued intrinsics.
+    Computed in ``dtype`` (default: the dtype of ``volume.mu``); differentiable
+    w.r.t. the pose and the detector's tensor-valued intrinsics.
     """
-    dtype = volume.mu.dtype
+    dtype = volume.mu.dtype if dtype is None else dtype
     src_world, tgt_world = backproject(pixels.to(dtype), pose.to(dtype), detector)
     src_world = src_world[:, None]  # (B, 1, 3); tgt_world: (B, R, 3)
     inv = torch.linalg.inv(volume.affine).to(dtype)
