@@ -60,51 +60,62 @@ _TINY = 1e-9  # as the reference: direction components below this are treated as
 
 if AVAILABLE:
 
-    @njit(cache=True, inline="always")
-    def _clamp_axis(p, n):
-        """Border-clamped coordinate and whether the gradient passes (as grid_sample's border padding)."""
-        if p <= 0.0:
-            return 0.0, 0.0
-        top = n - 1.0
-        if p >= top:
-            return top, 0.0
-        return p, 1.0
+    @njit(cache=True, inline="always", fastmath=True)
+    def _cell(p, n):
+        """Border-clamped coordinate -> (lower corner, fraction, gradient gate) along one axis.
 
-    @njit(cache=True, inline="always")
-    def _trilinear(mu, pi, pj, pk):
-        """mu (K, J, I) at index point (pi, pj, pk): value and gradient (d/dpi, d/dpj, d/dpk)."""
-        nk, nj, ni = mu.shape
-        ci, gi = _clamp_axis(pi, ni)
-        cj, gj = _clamp_axis(pj, nj)
-        ck, gk = _clamp_axis(pk, nk)
-        i0 = int(math.floor(ci))
-        j0 = int(math.floor(cj))
-        k0 = int(math.floor(ck))
-        fi = ci - i0
-        fj = cj - j0
-        fk = ck - k0
-        i1 = i0 + 1 if i0 + 1 < ni else i0
-        j1 = j0 + 1 if j0 + 1 < nj else j0
-        k1 = k0 + 1 if k0 + 1 < nk else k0
-        # a corner past the last voxel has weight 0 (fraction 0 there); reading i0 again keeps it in bounds
-        c000 = float(mu[k0, j0, i0])
-        c001 = float(mu[k0, j0, i1])
-        c010 = float(mu[k0, j1, i0])
-        c011 = float(mu[k0, j1, i1])
-        c100 = float(mu[k1, j0, i0])
-        c101 = float(mu[k1, j0, i1])
-        c110 = float(mu[k1, j1, i0])
-        c111 = float(mu[k1, j1, i1])
-        # along i
+        As grid_sample's border padding: coordinates are clamped to [0, n - 1]
+        and the gradient is 0 where they were clamped (p <= 0 or p >= n - 1).
+        The lower corner stays <= n - 2 (fraction 1 at the last voxel centre),
+        so both corners are always in bounds (every axis has >= 2 voxels).
+        """
+        gate = 1.0
+        if p <= 0.0:
+            p = 0.0
+            gate = 0.0
+        elif p >= n - 1.0:
+            p = n - 1.0
+            gate = 0.0
+        lo = int(p)
+        if lo > n - 2:
+            lo = n - 2
+        return lo, p - lo, gate
+
+    @njit(cache=True, inline="always", fastmath=True)
+    def _corners(flat, ni, nij, i0, j0, k0):
+        base = k0 * nij + j0 * ni + i0
+        return (flat[base], flat[base + 1], flat[base + ni], flat[base + ni + 1],
+                flat[base + nij], flat[base + nij + 1], flat[base + nij + ni], flat[base + nij + ni + 1])
+
+    @njit(cache=True, inline="always", fastmath=True)
+    def _value(flat, ni, nj, nk, pi, pj, pk):
+        """Trilinear value of the flat (K, J, I) volume at index point (pi, pj, pk)."""
+        i0, fi, _ = _cell(pi, ni)
+        j0, fj, _ = _cell(pj, nj)
+        k0, fk, _ = _cell(pk, nk)
+        c000, c001, c010, c011, c100, c101, c110, c111 = _corners(flat, ni, ni * nj, i0, j0, k0)
         a00 = c000 + fi * (c001 - c000)
         a01 = c010 + fi * (c011 - c010)
         a10 = c100 + fi * (c101 - c100)
         a11 = c110 + fi * (c111 - c110)
-        # along j
+        b0 = a00 + fj * (a01 - a00)
+        b1 = a10 + fj * (a11 - a10)
+        return b0 + fk * (b1 - b0)
+
+    @njit(cache=True, inline="always", fastmath=True)
+    def _trilinear(flat, ni, nj, nk, pi, pj, pk):
+        """Value and gradient (d/dpi, d/dpj, d/dpk) of the trilinear interpolant at (pi, pj, pk)."""
+        i0, fi, gi = _cell(pi, ni)
+        j0, fj, gj = _cell(pj, nj)
+        k0, fk, gk = _cell(pk, nk)
+        c000, c001, c010, c011, c100, c101, c110, c111 = _corners(flat, ni, ni * nj, i0, j0, k0)
+        a00 = c000 + fi * (c001 - c000)
+        a01 = c010 + fi * (c011 - c010)
+        a10 = c100 + fi * (c101 - c100)
+        a11 = c110 + fi * (c111 - c110)
         b0 = a00 + fj * (a01 - a00)
         b1 = a10 + fj * (a11 - a10)
         value = b0 + fk * (b1 - b0)
-        # gradient
         di0 = (c001 - c000) + fj * ((c011 - c010) - (c001 - c000))
         di1 = (c101 - c100) + fj * ((c111 - c110) - (c101 - c100))
         d_i = (di0 + fk * (di1 - di0)) * gi
@@ -112,7 +123,76 @@ if AVAILABLE:
         d_k = (b1 - b0) * gk
         return value, d_i, d_j, d_k
 
-    @njit(cache=True, inline="always")
+    @njit(cache=True, inline="always", fastmath=True)
+    def _fast_value(flat, ni, nij, pi, pj, pk):
+        """`_value` for a point well inside [0, n - 1) on every axis: no clamping, no branches."""
+        i0 = int(pi)
+        j0 = int(pj)
+        k0 = int(pk)
+        fi = pi - i0
+        fj = pj - j0
+        fk = pk - k0
+        c000, c001, c010, c011, c100, c101, c110, c111 = _corners(flat, ni, nij, i0, j0, k0)
+        a00 = c000 + fi * (c001 - c000)
+        a01 = c010 + fi * (c011 - c010)
+        a10 = c100 + fi * (c101 - c100)
+        a11 = c110 + fi * (c111 - c110)
+        b0 = a00 + fj * (a01 - a00)
+        b1 = a10 + fj * (a11 - a10)
+        return b0 + fk * (b1 - b0)
+
+    @njit(cache=True, inline="always", fastmath=True)
+    def _fast_trilinear(flat, ni, nij, pi, pj, pk):
+        """`_trilinear` for a point well inside [0, n - 1) on every axis (every gradient gate open)."""
+        i0 = int(pi)
+        j0 = int(pj)
+        k0 = int(pk)
+        fi = pi - i0
+        fj = pj - j0
+        fk = pk - k0
+        c000, c001, c010, c011, c100, c101, c110, c111 = _corners(flat, ni, nij, i0, j0, k0)
+        a00 = c000 + fi * (c001 - c000)
+        a01 = c010 + fi * (c011 - c010)
+        a10 = c100 + fi * (c101 - c100)
+        a11 = c110 + fi * (c111 - c110)
+        b0 = a00 + fj * (a01 - a00)
+        b1 = a10 + fj * (a11 - a10)
+        di0 = (c001 - c000) + fj * ((c011 - c010) - (c001 - c000))
+        di1 = (c101 - c100) + fj * ((c111 - c110) - (c101 - c100))
+        return (b0 + fk * (b1 - b0), di0 + fk * (di1 - di0), (a01 - a00) + fk * ((a11 - a10) - (a01 - a00)),
+                b1 - b0)
+
+    @njit(cache=True, inline="always", fastmath=True)
+    def _inner_samples(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn, h, whole):
+        """Range [first, last) of full-step samples that lie inside [m, n - 1 - m] on every axis (m = 1e-6).
+
+        Samples there need no clamping; the others take the general path.
+        """
+        lo_a = -1e300
+        hi_a = 1e300
+        for s_, d_, n_ in ((s0, d0, ni), (s1, d1, nj), (s2, d2, nk)):
+            lo_p = 1e-6
+            hi_p = n_ - 1.0 - 1e-6
+            if d_ == 0.0:
+                if s_ < lo_p or s_ > hi_p:
+                    return 0, 0
+                continue
+            a = (lo_p - s_) / d_
+            b = (hi_p - s_) / d_
+            if a > b:
+                a, b = b, a
+            lo_a = max(lo_a, a)
+            hi_a = min(hi_a, b)
+        if hi_a <= lo_a:
+            return 0, 0
+        # sample k sits at alpha = tn + (k + 1/2) h; keep a one-sample safety margin at both ends
+        first = int(max(0.0, math.ceil((lo_a - tn) / h - 0.5) + 1.0))
+        last = int(min(whole, math.floor((hi_a - tn) / h - 0.5) - 1.0 + 1.0))
+        if last < first:
+            return 0, 0
+        return first, last
+
+    @njit(cache=True, inline="always", fastmath=True)
     def _step_size(d0, d1, d2, step_voxels):
         """alpha per step and the index of the dominant direction component."""
         a0, a1, a2 = abs(d0), abs(d1), abs(d2)
@@ -124,9 +204,9 @@ if AVAILABLE:
             axis, big = 2, a2
         return step_voxels / big, axis
 
-    @njit(cache=True, parallel=True)
-    def trilinear_forward(mu, src, d, tn, tf, step_voxels, out):
-        """out[n] = midpoint-rule integral of mu along ray n (alpha units)."""
+    @njit(cache=True, parallel=True, fastmath=True)
+    def trilinear_forward(flat, ni, nj, nk, src, d, tn, tf, step_voxels, out):
+        """out[n] = midpoint-rule integral of the flat (K, J, I) volume along ray n (alpha units)."""
         for n in prange(src.shape[0]):
             s0, s1, s2 = src[n, 0], src[n, 1], src[n, 2]
             d0, d1, d2 = d[n, 0], d[n, 1], d[n, 2]
@@ -134,52 +214,83 @@ if AVAILABLE:
             chord = tf[n] - tn[n]
             whole = math.floor(chord / h)
             rest = chord - whole * h
+            nij = ni * nj
+            first, last = _inner_samples(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn[n], h, whole)
             acc = 0.0
-            for k in range(int(whole)):
+            for k in range(first):
                 a = tn[n] + (k + 0.5) * h
-                v, _, _, _ = _trilinear(mu, s0 + a * d0, s1 + a * d1, s2 + a * d2)
-                acc += v
+                acc += _value(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
+            for k in range(first, last):
+                a = tn[n] + (k + 0.5) * h
+                acc += _fast_value(flat, ni, nij, s0 + a * d0, s1 + a * d1, s2 + a * d2)
+            for k in range(max(first, last), int(whole)):
+                a = tn[n] + (k + 0.5) * h
+                acc += _value(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
             a = tn[n] + whole * h + 0.5 * rest
-            v, _, _, _ = _trilinear(mu, s0 + a * d0, s1 + a * d1, s2 + a * d2)
-            out[n] = acc * h + rest * v
+            out[n] = acc * h + rest * _value(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
 
-    @njit(cache=True, parallel=True)
-    def trilinear_backward(mu, src, d, tn, tf, step_voxels, grad_out, g_src, g_d, g_tn, g_tf):
-        """Per-ray gradients of the trilinear integral w.r.t. source, direction, t_near, t_far."""
+    @njit(cache=True, parallel=True, fastmath=True)
+    def trilinear_with_gradient(flat, ni, nj, nk, src, d, tn, tf, step_voxels, out, partials):
+        """`trilinear_forward` plus, per ray, d value / d (s0, s1, s2, d0, d1, d2, t_near, t_far) in ``partials`` (N, 8).
+
+        One pass: the backward then only scales these by the upstream gradient.
+        """
         for n in prange(src.shape[0]):
-            g = grad_out[n]
             s0, s1, s2 = src[n, 0], src[n, 1], src[n, 2]
             d0, d1, d2 = d[n, 0], d[n, 1], d[n, 2]
             h, axis = _step_size(d0, d1, d2, step_voxels)
             chord = tf[n] - tn[n]
             whole = math.floor(chord / h)
             rest = chord - whole * h
+            # raw sums over the full samples: V = sum f, S = sum grad f, D = sum alpha grad f
+            acc = 0.0
             gs0 = gs1 = gs2 = 0.0
             gd0 = gd1 = gd2 = 0.0
-            gtn = 0.0
-            gh = 0.0
-            for k in range(int(whole)):
+            nij = ni * nj
+            first, last = _inner_samples(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn[n], h, whole)
+            for k in range(first):
                 a = tn[n] + (k + 0.5) * h
-                v, fi, fj, fk = _trilinear(mu, s0 + a * d0, s1 + a * d1, s2 + a * d2)
+                v, fi, fj, fk = _trilinear(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
+                acc += v
                 gs0 += fi
                 gs1 += fj
                 gs2 += fk
                 gd0 += a * fi
                 gd1 += a * fj
                 gd2 += a * fk
-                slope = fi * d0 + fj * d1 + fk * d2  # d f / d alpha
-                gtn += slope
-                gh += v + slope * (k + 0.5) * h
-            # full samples carry weight h
+            for k in range(first, last):
+                a = tn[n] + (k + 0.5) * h
+                v, fi, fj, fk = _fast_trilinear(flat, ni, nij, s0 + a * d0, s1 + a * d1, s2 + a * d2)
+                acc += v
+                gs0 += fi
+                gs1 += fj
+                gs2 += fk
+                gd0 += a * fi
+                gd1 += a * fj
+                gd2 += a * fk
+            for k in range(max(first, last), int(whole)):
+                a = tn[n] + (k + 0.5) * h
+                v, fi, fj, fk = _trilinear(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
+                acc += v
+                gs0 += fi
+                gs1 += fj
+                gs2 += fk
+                gd0 += a * fi
+                gd1 += a * fj
+                gd2 += a * fk
+            # d V_full / d alpha_k = h grad f_k . d and alpha_k = tn + (k + 1/2) h, so
+            # d/d tn = h (d . S) and d/d h = V + d . D - tn (d . S)
+            d_dot_s = d0 * gs0 + d1 * gs1 + d2 * gs2
+            gtn = h * d_dot_s
+            gh = acc + (d0 * gd0 + d1 * gd1 + d2 * gd2) - tn[n] * d_dot_s
             gs0 *= h
             gs1 *= h
             gs2 *= h
             gd0 *= h
             gd1 *= h
             gd2 *= h
-            gtn *= h
             a = tn[n] + whole * h + 0.5 * rest
-            v, fi, fj, fk = _trilinear(mu, s0 + a * d0, s1 + a * d1, s2 + a * d2)
+            v, fi, fj, fk = _trilinear(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
             slope = rest * (fi * d0 + fj * d1 + fk * d2)
             gs0 += rest * fi
             gs1 += rest * fj
@@ -197,16 +308,17 @@ if AVAILABLE:
                 gd1 -= gh * h / d1
             else:
                 gd2 -= gh * h / d2
-            g_src[n, 0] = g * gs0
-            g_src[n, 1] = g * gs1
-            g_src[n, 2] = g * gs2
-            g_d[n, 0] = g * gd0
-            g_d[n, 1] = g * gd1
-            g_d[n, 2] = g * gd2
-            g_tn[n] = g * gtn
-            g_tf[n] = g * gtf
+            out[n] = acc * h + rest * v
+            partials[n, 0] = gs0
+            partials[n, 1] = gs1
+            partials[n, 2] = gs2
+            partials[n, 3] = gd0
+            partials[n, 4] = gd1
+            partials[n, 5] = gd2
+            partials[n, 6] = gtn
+            partials[n, 7] = gtf
 
-    @njit(cache=True, inline="always")
+    @njit(cache=True, inline="always", fastmath=True)
     def _siddon_setup(s, dd, tn, tf, n_axis, stride):
         """Per-axis Siddon state as the reference builds it: entry voxel, crossing count, first alpha, increment."""
         pin = s + tn * dd
@@ -227,7 +339,7 @@ if AVAILABLE:
         delta = stride if forward else -stride
         return int(voxel), int(count), first, inc, delta, safe
 
-    @njit(cache=True, inline="always")
+    @njit(cache=True, inline="always", fastmath=True)
     def _siddon_ray(flat_mu, src, d, tn, tf, ni, nj, nk, g, grads):
         """Integral of one ray; with ``grads`` (length 8) also its gradients times g (s0..2, d0..2, tn, tf)."""
         numel = flat_mu.shape[0]
@@ -288,23 +400,19 @@ if AVAILABLE:
             grads[7] += g * mu_cur  # exit: weight mu_last - 0
         return total
 
-    @njit(cache=True, parallel=True)
+    @njit(cache=True, parallel=True, fastmath=True)
     def siddon_forward(flat_mu, ni, nj, nk, src, d, tn, tf, out):
         """out[n] = exact radiological path of ray n through the voxel grid (alpha units)."""
         for n in prange(src.shape[0]):
             out[n] = _siddon_ray(flat_mu, src[n], d[n], tn[n], tf[n], ni, nj, nk, 0.0, None)
 
-    @njit(cache=True, parallel=True)
-    def siddon_backward(flat_mu, ni, nj, nk, src, d, tn, tf, grad_out, g_src, g_d, g_tn, g_tf):
-        """Per-ray gradients of the Siddon integral w.r.t. source, direction, t_near, t_far."""
+    @njit(cache=True, parallel=True, fastmath=True)
+    def siddon_with_gradient(flat_mu, ni, nj, nk, src, d, tn, tf, out, partials):
+        """`siddon_forward` plus, per ray, d value / d (s0, s1, s2, d0, d1, d2, t_near, t_far) in ``partials`` (N, 8)."""
         for n in prange(src.shape[0]):
-            grads = np.zeros(8)
-            _siddon_ray(flat_mu, src[n], d[n], tn[n], tf[n], ni, nj, nk, grad_out[n], grads)
-            for a in range(3):
-                g_src[n, a] = grads[a]
-                g_d[n, a] = grads[3 + a]
-            g_tn[n] = grads[6]
-            g_tf[n] = grads[7]
+            row = partials[n]
+            row[:] = 0.0
+            out[n] = _siddon_ray(flat_mu, src[n], d[n], tn[n], tf[n], ni, nj, nk, 1.0, row)
 
 
 def _numpy64(t: torch.Tensor) -> np.ndarray:
@@ -312,41 +420,39 @@ def _numpy64(t: torch.Tensor) -> np.ndarray:
 
 
 class _FusedIntegral(torch.autograd.Function):
-    """Line integrals (N,) of mu along rays (N, 3) + (N, 3) in [tn, tf]; gradients for the ray geometry only."""
+    """Line integrals (N,) of mu along rays (N, 3) + (N, 3) in [tn, tf]; gradients for the ray geometry only.
+
+    When a gradient will be needed, the forward pass runs the kernel that also
+    returns each ray's partial derivatives (8 numbers per ray); the backward
+    pass only scales them by the upstream gradient.
+    """
 
     @staticmethod
     def forward(ctx, mu, src, d, tn, tf, renderer: str, step_voxels: float):
         mu_np = np.ascontiguousarray(mu.detach().cpu().numpy())
+        flat = mu_np.reshape(-1)
+        nk, nj, ni = mu_np.shape
         s, dd, a, b = _numpy64(src), _numpy64(d), _numpy64(tn), _numpy64(tf)
         out = np.empty(s.shape[0], dtype=np.float64)
-        if renderer == "trilinear":
-            trilinear_forward(mu_np, s, dd, a, b, float(step_voxels), out)
+        wants_grad = any(t.requires_grad for t in (src, d, tn, tf))
+        if wants_grad:
+            partials = np.empty((s.shape[0], 8), dtype=np.float64)
+            if renderer == "trilinear":
+                trilinear_with_gradient(flat, ni, nj, nk, s, dd, a, b, float(step_voxels), out, partials)
+            else:
+                siddon_with_gradient(flat, ni, nj, nk, s, dd, a, b, out, partials)
+            ctx.partials = torch.from_numpy(partials).to(src.device)
+        elif renderer == "trilinear":
+            trilinear_forward(flat, ni, nj, nk, s, dd, a, b, float(step_voxels), out)
         else:
-            nk, nj, ni = mu_np.shape
-            siddon_forward(mu_np.reshape(-1), ni, nj, nk, s, dd, a, b, out)
-        ctx.save_for_backward(mu, src, d, tn, tf)
-        ctx.renderer, ctx.step_voxels = renderer, float(step_voxels)
-        return torch.from_numpy(out).to(dtype=mu.dtype, device=src.device)
+            siddon_forward(flat, ni, nj, nk, s, dd, a, b, out)
+        return torch.from_numpy(out).to(dtype=src.dtype, device=src.device)  # render() casts to mu's dtype
 
     @staticmethod
     def backward(ctx, grad_out):
-        mu, src, d, tn, tf = ctx.saved_tensors
-        mu_np = np.ascontiguousarray(mu.detach().cpu().numpy())
-        s, dd, a, b = _numpy64(src), _numpy64(d), _numpy64(tn), _numpy64(tf)
-        g = _numpy64(grad_out)
-        n = s.shape[0]
-        g_src, g_d = np.empty((n, 3)), np.empty((n, 3))
-        g_tn, g_tf = np.empty(n), np.empty(n)
-        if ctx.renderer == "trilinear":
-            trilinear_backward(mu_np, s, dd, a, b, ctx.step_voxels, g, g_src, g_d, g_tn, g_tf)
-        else:
-            nk, nj, ni = mu_np.shape
-            siddon_backward(mu_np.reshape(-1), ni, nj, nk, s, dd, a, b, g, g_src, g_d, g_tn, g_tf)
-
-        def back(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(x).to(dtype=like.dtype, device=like.device)
-
-        return (None, back(g_src, src), back(g_d, d), back(g_tn, tn), back(g_tf, tf), None, None)
+        scaled = ctx.partials * grad_out.to(ctx.partials.dtype)[:, None]
+        g_src, g_d, g_tn, g_tf = scaled[:, 0:3], scaled[:, 3:6], scaled[:, 6], scaled[:, 7]
+        return (None, g_src, g_d, g_tn, g_tf, None, None)
 
 
 def integrate(mu: torch.Tensor, rays, renderer: str = "siddon", step_voxels: float = 1.0) -> torch.Tensor:
