@@ -60,7 +60,7 @@ from .errors import InputError
 from .geometry import Detector
 from .optimizers import GRADIENT_OPTIMIZERS, OPTIMIZERS, LevenbergMarquardt, make_gradient_optimizer
 from .similarity import get_residual, get_similarity
-from .volume import Volume
+from .volume import Volume, downsample_cached
 from .xray import check_xray
 
 PARAMETERIZATIONS = ("se3", "spherical")
@@ -257,7 +257,6 @@ def volume_factor(volume: Volume, detector: Detector, source_to_center: float) -
 
 def _levels(volume: Volume, xray: torch.Tensor, detector: Detector, mask: torch.Tensor | None, factors,
             source_to_center: float) -> list[_Level]:
-    cache: dict[tuple, Volume] = {}
     levels = []
     for factor in factors:
         det = detector.downsample(factor) if factor > 1 else detector
@@ -267,9 +266,7 @@ def _levels(volume: Volume, xray: torch.Tensor, detector: Detector, mask: torch.
             xr = F.interpolate(xray[None, None], size=det.shape, mode="area")[0, 0]
             mk = None if mask is None else F.interpolate(mask[None, None].to(xray.dtype), size=det.shape, mode="area")[0, 0]
         vf = volume_factor(volume, det, source_to_center)
-        if vf not in cache:
-            cache[vf] = volume if vf == (1.0, 1.0, 1.0) else volume.downsample(vf)
-        levels.append(_Level(factor, cache[vf], det, xr, mk))
+        levels.append(_Level(factor, downsample_cached(volume, vf), det, xr, mk))
     return levels
 
 

@@ -10,6 +10,7 @@ oblique direction matrices, anisotropic spacing, flipped axes.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -183,3 +184,24 @@ class Volume:
             labels = torch.nn.functional.interpolate(self.labels[None, None].float(), size=new_kji, mode="nearest-exact")[0, 0]
             labels = labels.to(self.labels.dtype)
         return Volume(mu, self.affine @ step, labels)
+
+
+# Downsampled copies per CT, so that repeated registrations of the same volume (Monte Carlo starts,
+# experiments, the Slicer panel) build their coarse levels once. Keyed weakly on the mu tensor: an
+# entry dies with its volume; the tensor's version counter and the affine invalidate it on change.
+_PYRAMIDS: "weakref.WeakKeyDictionary[torch.Tensor, dict]" = weakref.WeakKeyDictionary()
+
+
+def downsample_cached(volume: Volume, factors: tuple[float, float, float]) -> Volume:
+    """`Volume.downsample` remembered per volume (same mu tensor, unmodified, same affine, same factors)."""
+    if tuple(factors) == (1.0, 1.0, 1.0):
+        return volume
+    key = (tuple(float(f) for f in factors), volume.mu._version, tuple(volume.affine.flatten().tolist()),
+           None if volume.labels is None else id(volume.labels))
+    levels = _PYRAMIDS.setdefault(volume.mu, {})
+    if key not in levels:
+        stale = [k for k in levels if k[1:] != key[1:]]
+        for k in stale:
+            del levels[k]
+        levels[key] = volume.downsample(factors)
+    return levels[key]

@@ -711,3 +711,20 @@ def test_pose_json_missing_key_and_file(tmp_path):
         io.read_pose(_write(tmp_path, "pose.json", {"pose": np.eye(4).tolist()}))
     with pytest.raises(InputError, match="pose file not found"):
         io.read_pose(tmp_path / "absent.json")
+
+
+def test_downsample_cache_reuses_and_invalidates():
+    from DiffRegLogic.volume import downsample_cached
+
+    mu = torch.rand((8, 10, 12), dtype=torch.float64)
+    volume = Volume(mu, torch.eye(4, dtype=torch.float64))
+    first = downsample_cached(volume, (2.0, 2.0, 2.0))
+    assert downsample_cached(Volume(mu, volume.affine), (2.0, 2.0, 2.0)) is first  # same CT, new wrapper
+    torch.testing.assert_close(first.mu, volume.downsample(2.0).mu, rtol=0, atol=0)
+    assert downsample_cached(volume, (1.0, 1.0, 1.0)) is volume
+    shifted = torch.eye(4, dtype=torch.float64)
+    shifted[:3, 3] = 5.0
+    assert downsample_cached(Volume(mu, shifted), (2.0, 2.0, 2.0)) is not first  # another affine
+    mu.mul_(2.0)  # modified in place: recomputed, not served stale
+    again = downsample_cached(volume, (2.0, 2.0, 2.0))
+    torch.testing.assert_close(again.mu, 2.0 * first.mu)

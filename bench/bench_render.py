@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -72,40 +70,35 @@ def timed(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def _rss_mb() -> float | None:
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (Linux) in MB, or None."""
     try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, AttributeError):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
         return None
+    return None
 
 
 def peak_memory_mb(fn, device: str) -> float | None:
-    """CUDA: peak allocated during fn(). CPU (Linux): peak resident memory above the level before fn(), sampled every ms."""
+    """Peak memory fn() adds. CUDA: allocator peak above the memory in use before. CPU (Linux): the
+    resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) above the resident set before."""
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         fn()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    base = _rss_mb()
-    if base is None:
-        return None
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb() or 0.0)
-            time.sleep(0.001)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
     try:
-        fn()
-    finally:
-        done.set()
-        watcher.join()
-    return max(0.0, max(peak[0], _rss_mb() or 0.0) - base)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # reset VmHWM to the current resident set
+    except OSError:
+        return None
+    base = _status_mb("VmRSS")
+    fn()
+    peak = _status_mb("VmHWM")
+    return None if base is None or peak is None else max(0.0, peak - base)
 
 
 def ours(volume: Volume, detector: Detector, pose0: torch.Tensor, renderer: str, step_voxels: float,
