@@ -187,21 +187,27 @@ class Volume:
 
 
 # Downsampled copies per CT, so that repeated registrations of the same volume (Monte Carlo starts,
-# experiments, the Slicer panel) build their coarse levels once. Keyed weakly on the mu tensor: an
-# entry dies with its volume; the tensor's version counter and the affine invalidate it on change.
-_PYRAMIDS: "weakref.WeakKeyDictionary[torch.Tensor, dict]" = weakref.WeakKeyDictionary()
+# experiments, the Slicer panel) build their coarse levels once. Keyed on the identity of the mu
+# tensor, held weakly: an entry dies with its tensor; the tensor's version counter and the affine
+# invalidate it on change. (Tensors cannot be WeakKeyDictionary keys: their == is elementwise.)
+_PYRAMIDS: dict[int, tuple[weakref.ref, dict]] = {}
 
 
 def downsample_cached(volume: Volume, factors: tuple[float, float, float]) -> Volume:
     """`Volume.downsample` remembered per volume (same mu tensor, unmodified, same affine, same factors)."""
     if tuple(factors) == (1.0, 1.0, 1.0):
         return volume
-    key = (tuple(float(f) for f in factors), volume.mu._version, tuple(volume.affine.flatten().tolist()),
+    mu = volume.mu
+    key = (tuple(float(f) for f in factors), mu._version, tuple(volume.affine.flatten().tolist()),
            None if volume.labels is None else id(volume.labels))
-    levels = _PYRAMIDS.setdefault(volume.mu, {})
+    entry = _PYRAMIDS.get(id(mu))
+    if entry is None or entry[0]() is not mu:
+        entry = (weakref.ref(mu), {})
+        _PYRAMIDS[id(mu)] = entry
+        weakref.finalize(mu, _PYRAMIDS.pop, id(mu), None)
+    levels = entry[1]
     if key not in levels:
-        stale = [k for k in levels if k[1:] != key[1:]]
-        for k in stale:
-            del levels[k]
+        for stale in [k for k in levels if k[1:] != key[1:]]:
+            del levels[stale]
         levels[key] = volume.downsample(factors)
     return levels[key]
