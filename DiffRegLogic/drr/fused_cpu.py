@@ -2,9 +2,10 @@
 
 Why numba: it installs from PyPI wheels on Linux, macOS and Windows for
 CPython 3.10-3.13 (Slicer embeds 3.12), needs no compiler on the user's
-machine, compiles loops over rays to machine code, and runs them in parallel
-with ``prange``. ``torch.compile`` on the CPU needs a C++ compiler at run
-time and did not fuse the gather-heavy inner loops.
+machine (it ships LLVM in its llvmlite wheel), compiles plain loops over rays
+to machine code and runs them in parallel with ``prange``. ``torch.compile``'s
+CPU backend generates C++ and needs a C++ compiler at run time, which most
+Slicer users on Windows and macOS do not have.
 
 Both kernels compute exactly what the PyTorch reference renderers compute
 (`DiffRegLogic.drr.siddon`, `DiffRegLogic.drr.trilinear`), ray by ray,
