@@ -198,6 +198,8 @@ def downsample_cached(volume: Volume, factors: tuple[float, float, float]) -> Vo
     if tuple(factors) == (1.0, 1.0, 1.0):
         return volume
     mu = volume.mu
+    if mu.requires_grad:  # a cached level would hold (or lack) the autograd graph of another call
+        return volume.downsample(factors)
     key = (tuple(float(f) for f in factors), mu._version, tuple(volume.affine.flatten().tolist()),
            None if volume.labels is None else id(volume.labels))
     entry = _PYRAMIDS.get(id(mu))

@@ -62,10 +62,12 @@ def resolve_backend(backend: str, mu: torch.Tensor, mu_grad: bool = False) -> st
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "reference":
         return "reference"
-    fused_ok = fused_cpu.AVAILABLE and mu.device.type == "cpu" and not mu_grad
+    real = mu.dtype in (torch.float32, torch.float64)
+    fused_ok = fused_cpu.AVAILABLE and mu.device.type == "cpu" and not mu_grad and real
     if backend == "fused" and not fused_ok:
         why = ("numba is not installed (pip install numba)" if not fused_cpu.AVAILABLE else
                "it runs on the CPU only (use backend='reference' on CUDA)" if mu.device.type != "cpu" else
+               f"it takes float32 or float64 volumes, not {mu.dtype}" if not real else
                "it has no gradient w.r.t. mu (use backend='reference')")
         raise InputError(f"backend 'fused' is not available here: {why}")
     return "fused" if fused_ok else "reference"
@@ -171,7 +173,8 @@ def render(
     n_tiles = math.ceil(n_rays / tile_rays)
     needs_grad = torch.is_grad_enabled() and (pose.requires_grad or volume.mu.requires_grad or _detector_requires_grad(detector))
     # recompute tiles in backward only when keeping every tile's intermediates would break the budget
-    recompute = needs_grad and n_tiles > 1 and (
+    # (the fused backend keeps only per-ray partials: recomputing would rerun its kernels for nothing)
+    recompute = needs_grad and backend != "fused" and n_tiles > 1 and (
         n_rays * bytes_per_ray(volume, n_poses, renderer, step_voxels, backend) > max_memory_mb * 2**20)
     try:
         tiles = []

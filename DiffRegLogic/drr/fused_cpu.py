@@ -44,6 +44,7 @@ import math
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 try:  # optional at import: without numba the reference renderers are used
     import numba
@@ -306,13 +307,17 @@ if AVAILABLE:
             gtn += 0.5 * slope - v
             gtf = 0.5 * slope + v
             gh += 0.5 * whole * slope - whole * v
-            # h = step / |d_axis|: d h / d d_axis = -h / d_axis
-            if axis == 0:
-                gd0 -= gh * h / d0
-            elif axis == 1:
-                gd1 -= gh * h / d1
-            else:
-                gd2 -= gh * h / d2
+            # h = step / max|d|: d h / d d_a = -h / d_a for the dominant component, shared evenly between
+            # tied components as the reference's amax does
+            big = max(abs(d0), abs(d1), abs(d2))
+            ties = (abs(d0) == big) + (abs(d1) == big) + (abs(d2) == big)
+            share = gh * h / ties
+            if abs(d0) == big:
+                gd0 -= share / d0
+            if abs(d1) == big:
+                gd1 -= share / d1
+            if abs(d2) == big:
+                gd2 -= share / d2
             out[n] = acc * h + rest * v
             partials[n, 0] = gs0
             partials[n, 1] = gs1
@@ -337,6 +342,8 @@ if AVAILABLE:
         lo = min(pin, pout)
         hi = max(pin, pout)
         count = max(math.ceil(hi + 0.5) - 1.0 - math.floor(lo + 0.5), 0.0)
+        if abs(dd) < _TINY:  # parallel to this axis's planes: no crossings (as the reference)
+            count = 0.0
         step = 1.0 if forward else -1.0
         safe = dd if abs(dd) >= _TINY else _TINY
         first = (voxel + 0.5 * step - s) / safe
@@ -374,8 +381,13 @@ if AVAILABLE:
                 a = f2 + k2 * i2
                 if a < best:
                     best, axis = a, 2
-            clamped = best > tf
-            alpha = tf if clamped else best
+            # crossings stay within [t_near, t_far] (as the reference); a clamped one moves with that end
+            clamped = 0
+            alpha = best
+            if best > tf:
+                clamped, alpha = 2, tf
+            elif best < tn:
+                clamped, alpha = 1, tn
             total += (alpha - prev) * mu_cur
             if axis == 0:
                 cur += e0
@@ -392,8 +404,10 @@ if AVAILABLE:
             mu_next = float(flat_mu[min(max(cur, 0), numel - 1)])
             if grads is not None:
                 w = g * (mu_cur - mu_next)
-                if clamped:
+                if clamped == 2:
                     grads[7] += w
+                elif clamped == 1:
+                    grads[6] += w
                 else:
                     grads[axis] -= w / safe
                     if abs(d[axis]) >= _TINY:
@@ -454,6 +468,7 @@ class _FusedIntegral(torch.autograd.Function):
         return torch.from_numpy(out).to(dtype=src.dtype, device=src.device)  # render() casts to mu's dtype
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         scaled = ctx.partials * grad_out.to(ctx.partials.dtype)[:, None]
         g_src, g_d, g_tn, g_tf = scaled[:, 0:3], scaled[:, 3:6], scaled[:, 6], scaled[:, 7]

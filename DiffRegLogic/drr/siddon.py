@@ -58,6 +58,8 @@ def integrate(mu: torch.Tensor, rays: RayBundle) -> torch.Tensor:
             lo, hi = torch.minimum(pin, pout), torch.maximum(pin, pout)
             # planes at m - 0.5 strictly between entry and exit
             count = (torch.ceil(hi + 0.5) - 1 - torch.floor(lo + 0.5)).clamp_min(0)
+            # a ray (nearly) parallel to this axis's planes crosses none of them (as clip_to_box treats it)
+            count = torch.where(da.abs() < 1e-9, torch.zeros_like(count), count)
             most = int(count.max()) if count.numel() else 0
         if most == 0:
             continue
@@ -73,7 +75,9 @@ def integrate(mu: torch.Tensor, rays: RayBundle) -> torch.Tensor:
             valid = k < count[..., None]
             delta = torch.where(forward, strides[axis], -strides[axis]).to(index_dtype)
             deltas.append(valid.to(index_dtype) * delta[..., None])
-        alphas.append(torch.where(valid, torch.minimum(alpha, tf[..., None]), tf[..., None]))
+        # crossings stay within [t_near, t_far]: rounding can put the first one a hair before the entry
+        inside = torch.minimum(torch.maximum(alpha, tn[..., None]), tf[..., None])
+        alphas.append(torch.where(valid, inside, tf[..., None]))
     alphas.append(tf[..., None])
     deltas.append(deltas[0])
     crossings = torch.cat(alphas, -1)
