@@ -99,8 +99,13 @@ def parent_to_world(node) -> np.ndarray:
             f"'{node.GetName()}' is under the non-linear transform '{parent.GetName()}'; DiffReg needs a rigid "
             "placement: harden that transform into a copy of the volume (Data module) or remove it"
         )
+    return _to_world(parent)
+
+
+def _to_world(transform_node) -> np.ndarray:
+    """(4, 4) matrix to world of a linear transform node (its own parents included)."""
     matrix = _vtk().vtkMatrix4x4()
-    parent.GetMatrixTransformToWorld(matrix)
+    transform_node.GetMatrixTransformToWorld(matrix)
     return array_from_vtk_matrix(matrix)
 
 
@@ -220,15 +225,19 @@ class XRayGeometry:
     notes: list[str] = field(default_factory=list)
 
 
-def geometry_from_xray(node, file_for_instance: Callable[[str], str] | None = None) -> XRayGeometry:
-    """C-arm geometry known from the X-ray node: spacing from the node, the rest from its DICOM file if any."""
+def geometry_from_xray(node, file_for_instance: Callable[[str], str] | None = None,
+                       xray: XRay | None = None) -> XRayGeometry:
+    """C-arm geometry known from the X-ray node: spacing from the node, the rest from its DICOM file if any.
+
+    ``xray``: that file already read (`xray_from_node`), so it is not read twice.
+    """
     array = _xray_array(node)
     rows, cols = array.shape
     spacing_x, spacing_y, _ = node.GetSpacing()
     geo = XRayGeometry(rows, cols, pixel_spacing=(float(spacing_y), float(spacing_x)))
     path = dicom_file_of(node, file_for_instance)
     if path is not None:
-        xr = read_xray(path)
+        xr = xray if xray is not None and xray.meta.get("path") == path else read_xray(path)
         geo.source = path
         if xr.shape != (rows, cols):
             geo.notes.append(f"{path} is {xr.shape[0]} x {xr.shape[1]} pixels, the node {rows} x {cols}: tags ignored")
@@ -331,9 +340,7 @@ def pose_from_transform(transform_node, meaning: str, ct_node) -> torch.Tensor:
         raise InputError("no initial transform selected: pick one under Initial pose, or start from C-arm angles")
     if not transform_node.IsTransformToWorldLinear():
         raise InputError(f"initial transform '{transform_node.GetName()}' is not linear; pick a linear transform")
-    matrix = _vtk().vtkMatrix4x4()
-    transform_node.GetMatrixTransformToWorld(matrix)
-    m = array_from_vtk_matrix(matrix)
+    m = _to_world(transform_node)
     if meaning == CARM_IN_PATIENT:
         pose = np.linalg.inv(m)
     elif meaning == PATIENT_IN_CARM:
@@ -350,7 +357,8 @@ def initial_pose(setup: Setup, volume: Volume, geo: XRayGeometry) -> torch.Tenso
     distance = setup.sourceToIsocenter
     primary, secondary = setup.primaryAngle, setup.secondaryAngle
     if not distance > 0 and geo.clinical is not None:
-        distance = geo.clinical[2]
+        # unset C-arm fields come from the DICOM tags together, as fill_geometry fills them
+        primary, secondary, distance = geo.clinical
     if not distance > 0:
         raise InputError(
             "the source-to-isocentre distance is missing (no DICOM DistanceSourceToPatient (0018,1111)); enter it "
@@ -638,8 +646,8 @@ def read_inputs(setup: Setup, file_for_instance: Callable[[str], str] | None = N
     setup.check_choices()
     device = resolve_device(setup.device)
     volume = volume_from_node(setup.inputVolume).to(device)
-    geo = geometry_from_xray(setup.xrayVolume, file_for_instance)
     xray = xray_from_node(setup.xrayVolume, setup.xrayIntensity, file_for_instance)
+    geo = geometry_from_xray(setup.xrayVolume, file_for_instance, xray)
     detector = detector_from_setup(setup, geo)
     pose = initial_pose(setup, volume, geo)
     return Inputs(volume, xray, detector, pose)

@@ -538,3 +538,23 @@ def test_parameter_node_survives_mrml(scene, tmp_path):
 def test_defaults_when_parameters_absent(scene):
     node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
     assert settings.read_parameter_node(node) == settings.Setup()
+
+
+def test_read_inputs_reads_the_dicom_file_once(scene, tmp_path, monkeypatch):
+    from test_xray import write_dicom
+
+    ct, _ = ct_node(scene)
+    image = np.random.default_rng(2).integers(100, 4000, (ROWS, COLS)).astype(np.uint16)
+    path = tmp_path / "xa.dcm"
+    write_dicom(path, image, ImagerPixelSpacing=[SPACING, SPACING], DistanceSourceToDetector=SDD,
+                DistanceSourceToPatient=DISTANCE, PositionerPrimaryAngle=15.0, PositionerSecondaryAngle=-5.0)
+    node = xray_node(scene, image.astype(np.float64))
+    node.SetAttribute("DICOM.instanceUIDs", "1.2.3")
+    reads = []
+    original = mrml.read_xray
+    monkeypatch.setattr(mrml, "read_xray", lambda *a, **k: reads.append(a) or original(*a, **k))
+    inputs = mrml.read_inputs(settings.Setup(inputVolume=ct, xrayVolume=node, device="cpu"), lambda uid: str(path))
+    assert len(reads) == 1
+    assert float(inputs.detector.sdd) == SDD and tuple(inputs.detector.pixel_spacing) == (SPACING, SPACING)
+    expected = clinical_to_pose(15.0, -5.0, DISTANCE, inputs.volume.center)
+    np.testing.assert_allclose(inputs.pose.numpy(), expected.numpy(), atol=1e-9)
