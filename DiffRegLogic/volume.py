@@ -201,7 +201,7 @@ def downsample_cached(volume: Volume, factors: tuple[float, float, float]) -> Vo
     if mu.requires_grad:  # a cached level would hold (or lack) the autograd graph of another call
         return volume.downsample(factors)
     key = (tuple(float(f) for f in factors), mu._version, tuple(volume.affine.flatten().tolist()),
-           None if volume.labels is None else id(volume.labels))
+           None if volume.labels is None else id(volume.labels), getattr(volume, "beam", None))
     entry = _PYRAMIDS.get(id(mu))
     if entry is None or entry[0]() is not mu:
         entry = (weakref.ref(mu), {})

@@ -263,6 +263,8 @@ def test_module_cmake_lists_every_engine_file_and_resource():
     listed = _cmake_list(text, "DIFFREG_LOGIC_SCRIPTS")
     on_disk = sorted(str(p.relative_to(ROOT)).replace("\\", "/") for p in PACKAGE.rglob("*.py"))
     assert sorted(listed) == on_disk
+    data = sorted(str(p.relative_to(ROOT)).replace("\\", "/") for p in (PACKAGE / "data").rglob("*") if p.is_file())
+    assert data and sorted(_cmake_list(text, "DIFFREG_LOGIC_DATA")) == data
     assert _cmake_list(text, "MODULE_PYTHON_SCRIPTS") == ["${MODULE_NAME}.py"]
     resources = [r.replace("${MODULE_NAME}", "DiffReg") for r in _cmake_list(text, "MODULE_PYTHON_RESOURCES")]
     for resource in resources:
@@ -292,6 +294,10 @@ def test_pip_package_lists_every_subpackage():
     packages = set(config["tool"]["setuptools"]["packages"])
     on_disk = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in PACKAGE.rglob("__init__.py")}
     assert packages == on_disk
+    # every data file of the engine is matched by a package-data pattern
+    patterns = config["tool"]["setuptools"]["package-data"]["DiffRegLogic"]
+    data = [p for p in (PACKAGE / "data").rglob("*") if p.is_file()]
+    assert data and all(any(p.relative_to(PACKAGE).match(pattern) for pattern in patterns) for p in data)
 
 
 def test_catalog_entry():

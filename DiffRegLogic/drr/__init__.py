@@ -23,6 +23,10 @@ Each renderer is an ``integrate(mu, rays) -> (B, R)`` function over a
 * ``"auto"`` (default): fused on the CPU when numba is installed and no
   gradient w.r.t. mu is asked for, else reference.
 
+A `DiffRegLogic.materials.MaterialVolume` is rendered with the polychromatic
+model (`polychromatic`): each density channel is traced as above, then the
+energy sum of its beam turns the mass paths into the detector signal.
+
 The detector is rendered in tiles of rays of at most ``TILE_MB`` of working
 memory each (smaller tiles stay in cache; measured fastest on CPU). When
 gradients are needed and the intermediates of all tiles together would
@@ -41,8 +45,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from ..geometry import Detector, check_pose
+from ..materials import MaterialVolume
 from ..volume import Volume
-from . import fused_cpu, siddon, trilinear
+from . import fused_cpu, polychromatic, siddon, trilinear
 from .rays import RayBundle, clip_to_box, detector_pixels, pixel_rays
 
 __all__ = ["render", "RENDERERS", "BACKENDS", "RayBundle", "pixel_rays", "clip_to_box", "resolve_backend"]
@@ -142,15 +147,43 @@ def render(
         backend: "auto", "fused" or "reference" (see the module docstring).
 
     Returns:
-        (B, H, W) line integrals of mu, dtype of ``volume.mu``.
+        (B, H, W) line integrals of mu, dtype of ``volume.mu``; for a
+        `MaterialVolume`, the polychromatic signal its beam defines
+        (`DiffRegLogic.drr.polychromatic`), with ``renderer`` tracing the
+        density channels.
     """
     if not isinstance(volume, Volume):
         raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
     if not isinstance(detector, Detector):
         raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
-    mu_grad = torch.is_grad_enabled() and volume.mu.requires_grad
-    backend = resolve_backend(backend, volume.mu, mu_grad)
-    integrate, _ = _integrator(renderer, step_voxels, backend)
+    options = dict(step_voxels=step_voxels, max_memory_mb=max_memory_mb, tile_rays=tile_rays, backend=backend)
+    if isinstance(volume, MaterialVolume):
+        return polychromatic.render(volume, detector, pose, renderer, _render_line_integrals, **options)
+    return _render_line_integrals(volume, detector, pose, renderer, **options)
+
+
+def _render_line_integrals(volume: Volume, detector: Detector, pose, renderer: str, *, step_voxels: float,
+                           max_memory_mb: float, tile_rays: int | None, backend: str,
+                           field: torch.Tensor | None = None) -> torch.Tensor:
+    """Line integrals (B, H, W) of ``volume.mu``: `render` for a monochromatic volume.
+
+    With ``field`` (C, K, J, I) on the volume's grid (the density channels of
+    a `MaterialVolume`), the line integrals of its C channels instead,
+    (B, H, W, C), one channel after the other along the same rays. (A fused
+    kernel tracing all channels in one traversal, with per-channel sums in
+    small arrays, measured no faster than this for C = 3 with Siddon and 1.5x
+    slower with trilinear on 2 CPU cores, so it is not used.)
+    """
+    field = volume.mu if field is None else field
+    n_channels = field.shape[0] if field.ndim == 4 else 1
+    mu_grad = torch.is_grad_enabled() and field.requires_grad
+    backend = resolve_backend(backend, field, mu_grad)
+    integrate_one, _ = _integrator(renderer, step_voxels, backend)
+    if field.ndim == 4:
+        def integrate(mu, rays):  # one channel after the other
+            return torch.stack([integrate_one(mu[c], rays) for c in range(mu.shape[0])], -1)
+    else:
+        integrate = integrate_one
     if not (max_memory_mb > 0):
         raise InputError(f"max_memory_mb must be a positive number of MB, got {max_memory_mb}")
     # the fused kernels work in float64 anyway: their rays are built in float64 too (cheap: per ray, not
@@ -160,8 +193,9 @@ def render(
     n_poses = pose.shape[0]
     pixels = detector_pixels(detector, ray_dtype, volume.mu.device)
     n_rays = pixels.shape[0]
+    n_work = n_poses * n_channels  # working memory grows with both
     if tile_rays is None:
-        tile_rays = rays_per_tile(volume, n_poses, renderer, step_voxels, max_memory_mb, backend)
+        tile_rays = rays_per_tile(volume, n_work, renderer, step_voxels, max_memory_mb, backend)
     if tile_rays < 1:
         raise InputError(f"tile_rays must be at least 1, got {tile_rays}")
     tile_rays = min(tile_rays, n_rays)
@@ -171,26 +205,26 @@ def render(
         return integrate(mu, rays).to(volume.mu.dtype)
 
     n_tiles = math.ceil(n_rays / tile_rays)
-    needs_grad = torch.is_grad_enabled() and (pose.requires_grad or volume.mu.requires_grad or _detector_requires_grad(detector))
+    needs_grad = torch.is_grad_enabled() and (pose.requires_grad or field.requires_grad or _detector_requires_grad(detector))
     # recompute tiles in backward only when keeping every tile's intermediates would break the budget
     # (the fused backend keeps only per-ray partials: recomputing would rerun its kernels for nothing)
     recompute = needs_grad and backend != "fused" and n_tiles > 1 and (
-        n_rays * bytes_per_ray(volume, n_poses, renderer, step_voxels, backend) > max_memory_mb * 2**20)
+        n_rays * bytes_per_ray(volume, n_work, renderer, step_voxels, backend) > max_memory_mb * 2**20)
     try:
         tiles = []
         for start in range(0, n_rays, tile_rays):
             pix = pixels[start:start + tile_rays]
             if recompute:
-                tiles.append(checkpoint(one_tile, pose, pix, volume.mu, use_reentrant=False))
+                tiles.append(checkpoint(one_tile, pose, pix, field, use_reentrant=False))
             else:
-                tiles.append(one_tile(pose, pix, volume.mu))
+                tiles.append(one_tile(pose, pix, field))
     except torch.cuda.OutOfMemoryError as exc:
         raise MemoryError(
             f"the GPU ran out of memory rendering a {detector.rows}x{detector.cols} DRR for {n_poses} pose(s) "
             f"with tiles of {tile_rays} rays; lower max_memory_mb (now {max_memory_mb}) or render on the CPU"
         ) from exc
-    out = torch.cat(tiles, dim=-1) if len(tiles) > 1 else tiles[0]
-    return out.reshape(n_poses, detector.rows, detector.cols)
+    out = torch.cat(tiles, dim=1) if len(tiles) > 1 else tiles[0]
+    return out.reshape(n_poses, detector.rows, detector.cols, *out.shape[2:])
 
 
 def _detector_requires_grad(detector: Detector) -> bool:

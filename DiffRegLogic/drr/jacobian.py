@@ -21,6 +21,7 @@ import torch
 
 from ..errors import InputError
 from ..geometry import Detector
+from ..materials import MaterialVolume
 from ..volume import Volume
 from .rays import RayBundle, clip_to_box, detector_pixels
 
@@ -78,14 +79,22 @@ def render_with_jacobian(
 
     Returns:
         ``drr`` (B, H, W) and ``jacobian`` (B, H, W, P) = d drr / d params,
-        both detached, in the dtype of ``volume.mu``.
+        both detached, in the dtype of ``volume.mu`` (for a `MaterialVolume`:
+        its polychromatic signal, chained through each channel's Jacobian).
     """
-    from . import DEFAULT_MAX_MEMORY_MB, _integrator, rays_per_tile, resolve_backend
+    from . import DEFAULT_MAX_MEMORY_MB, _integrator, polychromatic, rays_per_tile, resolve_backend
 
     if params.ndim != 2:
         raise InputError(f"params must be (B, P), got shape {tuple(params.shape)}")
-    backend = resolve_backend(backend, volume.mu)
-    integrate, _ = _integrator(renderer, step_voxels, backend)
+    field = volume.densities if isinstance(volume, MaterialVolume) else volume.mu
+    backend = resolve_backend(backend, field)
+    integrate_one, _ = _integrator(renderer, step_voxels, backend)
+    n_channels = field.shape[0] if field.ndim == 4 else 1
+    if field.ndim == 4:
+        def integrate(mu, rays):  # one channel after the other
+            return torch.stack([integrate_one(mu[c], rays) for c in range(mu.shape[0])], -1)
+    else:
+        integrate = integrate_one
     dtype, device = volume.mu.dtype, volume.mu.device
     ray_dtype = torch.float64 if backend == "fused" else dtype  # as in render()
     params = params.detach().to(dtype=ray_dtype, device=device)
@@ -94,19 +103,25 @@ def render_with_jacobian(
     pose, d_pose = pose.detach(), d_pose.detach()
     pixels = detector_pixels(detector, ray_dtype, device)
     budget = DEFAULT_MAX_MEMORY_MB if max_memory_mb is None else max_memory_mb
-    tile = rays_per_tile(volume, n_poses, renderer, step_voxels, budget, backend)
+    tile = rays_per_tile(volume, n_poses * n_channels, renderer, step_voxels, budget, backend)
     values, jacobians = [], []
-    mu = volume.mu.detach()
+    mu = field.detach()
     for start in range(0, pixels.shape[0], tile):
         pix = pixels[start:start + tile]
         copies = pose[:, None].expand(n_poses, pix.shape[0], 4, 4).clone().requires_grad_(True)
         with torch.enable_grad():
-            value = integrate(mu, per_ray_rays(volume, detector, copies, pix, ray_dtype))  # (B, R)
-            (grad,) = torch.autograd.grad(value.sum(), copies)
+            value = integrate(mu, per_ray_rays(volume, detector, copies, pix, ray_dtype))  # (B, R) or (B, R, C)
+            channels = [value] if field.ndim == 3 else [value[..., c] for c in range(n_channels)]
+            grads = [torch.autograd.grad(v.sum(), copies, retain_graph=c + 1 < len(channels))[0]
+                     for c, v in enumerate(channels)]
         values.append(value.detach().to(dtype))
-        jacobians.append(torch.einsum("brij,bijp->brp", grad, d_pose).to(dtype))
-    drr = torch.cat(values, -1).reshape(n_poses, detector.rows, detector.cols)
-    jac = torch.cat(jacobians, 1).reshape(n_poses, detector.rows, detector.cols, n_params)
+        jacobians.append(torch.stack([torch.einsum("brij,bijp->brp", g, d_pose) for g in grads], -2).to(dtype))
+    drr = torch.cat(values, 1).reshape(n_poses, detector.rows, detector.cols, *values[0].shape[2:])
+    jac = torch.cat(jacobians, 1).reshape(n_poses, detector.rows, detector.cols, *jacobians[0].shape[2:])
+    if field.ndim == 3:
+        jac = jac[..., 0, :]
+    elif isinstance(volume, MaterialVolume):
+        drr, jac = polychromatic.with_jacobian(volume, drr, jac)
     if not math.isfinite(float(jac.abs().sum())):
         raise FloatingPointError("the DRR Jacobian is not finite; check that the pose keeps the CT in front of the source")
     return drr, jac
