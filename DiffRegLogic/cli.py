@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 import time
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +31,10 @@ from .geometry import Detector
 from .volume import HUToMu, Volume
 
 PHANTOM = "phantom"
+POLYCHROMATIC = "polychromatic"
+# `diffreg experiment polychromatic` simulates its X-ray with this noise and PSF unless told otherwise
+DEFAULT_EXPERIMENT_PHOTONS = 2e4
+DEFAULT_EXPERIMENT_BLUR_MM = 0.5
 
 # The demo's C-arm: a 200 x 200 detector of 3 mm pixels at SDD 1020 mm, the
 # source 600 mm from the isocentre (the phantom's centre), a slightly oblique
@@ -79,7 +84,11 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--renderer", choices=sorted(RENDERERS), default="siddon", help="DRR renderer (default: siddon)")
+    p.add_argument("--renderer", choices=sorted(RENDERERS) + [POLYCHROMATIC], default="siddon",
+                   help="DRR renderer (default: siddon); polychromatic = materials and a tube spectrum, traced "
+                        "with --tracer")
+    p.add_argument("--tracer", choices=sorted(RENDERERS), default="siddon",
+                   help="ray tracer of the polychromatic renderer (default: siddon)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--max-memory-mb", type=float, default=DEFAULT_MAX_MEMORY_MB,
@@ -115,6 +124,74 @@ def _hu_to_mu(args) -> HUToMu:
     return HUToMu(mu_water=args.mu_water, bone_hu=args.bone_hu, mu_bone=args.mu_bone)
 
 
+def _add_physics_options(p: argparse.ArgumentParser) -> None:
+    from .materials import MaterialThresholds
+    from .physics import OUTPUTS, RESPONSES
+
+    g = p.add_argument_group("polychromatic renderer (--renderer polychromatic)")
+    g.add_argument("--kvp", type=float, default=80.0, help="tube voltage: 60, 70, ..., 120 kVp (default 80)")
+    g.add_argument("--filtration-mm-al", type=float, default=0.0, help="aluminium added to the 2.5 mm (default 0)")
+    g.add_argument("--energy-bins", type=int, default=None, help="regroup the 1 keV spectrum into this many bins")
+    g.add_argument("--detector-response", choices=RESPONSES, default="energy_integrating")
+    g.add_argument("--signal", choices=OUTPUTS, default="line_integral",
+                   help="output -log(I/I0) (default) or I/I0")
+    t = MaterialThresholds()
+    g.add_argument("--air-max-hu", type=float, default=t.air_max_hu, help="air up to this HU (default %(default)s)")
+    g.add_argument("--bone-min-hu", type=float, default=t.bone_min_hu, help="bone above this HU (default %(default)s)")
+    g.add_argument("--soft-width-hu", type=float, default=0.0, help="smooth material boundaries of this width (HU)")
+    g.add_argument("--implant", action="append", default=[], metavar="LABEL=MATERIAL",
+                   help="voxels of this label (--labels) are MATERIAL (e.g. 1=titanium); repeatable")
+
+
+def _add_realism_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("realism (any renderer; output -log(I/I0) or I/I0 as --signal says)")
+    g.add_argument("--noise-photons", type=float, default=None, help="Poisson noise: photons per unattenuated pixel")
+    g.add_argument("--blur-mm", type=float, default=0.0, help="detector PSF, Gaussian sigma in mm (default 0)")
+    g.add_argument("--scatter-fraction", type=float, default=0.0, help="scatter-to-primary ratio of a flat field")
+    g.add_argument("--scatter-sigma-mm", type=float, default=40.0, help="width of the scatter kernel (default 40)")
+    g.add_argument("--heel", type=float, default=0.0, help="heel effect: fluence change at the detector edge (+-)")
+    g.add_argument("--noise-seed", type=int, default=0, help="seed of the noise (default 0)")
+
+
+def _realism(args):
+    from .realism import Realism
+
+    return Realism(photons_per_pixel=args.noise_photons, blur_mm=args.blur_mm, scatter_fraction=args.scatter_fraction,
+                   scatter_sigma_mm=args.scatter_sigma_mm, heel=args.heel, seed=args.noise_seed)
+
+
+def _beam(args):
+    from .physics import Beam, tube_spectrum
+
+    spectrum = tube_spectrum(args.kvp, args.filtration_mm_al, n_bins=args.energy_bins)
+    return Beam(spectrum, args.detector_response, args.signal)
+
+
+def _implants(specs: Sequence[str]) -> dict[int, str]:
+    implants = {}
+    for spec in specs:
+        label, sep, material = spec.partition("=")
+        if not sep or not label.strip().lstrip("-").isdigit() or not material.strip():
+            raise InputError(f"--implant takes LABEL=MATERIAL (e.g. 1=titanium), got {spec!r}")
+        implants[int(label)] = material.strip()
+    return implants
+
+
+def _model(args, volume: Volume) -> tuple[Volume, str]:
+    """(volume to render, ray tracer): the CT itself, or its materials for ``--renderer polychromatic``."""
+    if args.renderer != POLYCHROMATIC:
+        return volume, args.renderer
+    from .materials import MaterialThresholds, MaterialVolume
+
+    implants = _implants(args.implant)
+    if implants and volume.labels is None:
+        raise InputError("--implant needs --labels (a label map on the CT grid)")
+    thresholds = MaterialThresholds(args.air_max_hu, args.bone_min_hu, args.soft_width_hu)
+    model = MaterialVolume.from_volume(volume.to("cpu"), _beam(args), _hu_to_mu(args), thresholds=thresholds,
+                                       implants=implants or None)
+    return model.to(volume.mu.device), args.tracer
+
+
 # --------------------------------------------------------------------------
 # diffreg render
 # --------------------------------------------------------------------------
@@ -126,18 +203,28 @@ def cmd_render(args) -> int:
     pose = io.read_pose(args.pose)
     out = Path(args.out)
     io.check_image_suffix(out)
+    from .realism import simulate_radiograph
+
+    realism = _realism(args)
     volume = load_ct(args.ct, _hu_to_mu(args), _dtype(args.dtype), args.labels)
+    if args.implant and args.renderer != POLYCHROMATIC:
+        raise InputError("--implant applies to --renderer polychromatic")
+    volume, tracer = _model(args, volume)
     if args.keep_labels:
         volume = volume.masked(args.keep_labels)
     volume = volume.to(device)
     start = time.perf_counter()
+    options = dict(step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb)
     with torch.no_grad():
-        drr = render(volume, detector, pose, args.renderer, step_voxels=args.step_voxels,
-                     max_memory_mb=args.max_memory_mb)
+        if realism.is_identity and (args.signal == "line_integral" or args.renderer == POLYCHROMATIC):
+            drr = render(volume, detector, pose, tracer, **options)
+        else:
+            drr = simulate_radiograph(volume, detector, pose, realism, tracer, args.signal, **options)
     seconds = time.perf_counter() - start
     io.write_image(out, drr[0], detector)
-    print(f"wrote {out} ({detector.rows}x{detector.cols}, {args.renderer} on {device}, {seconds:.2f} s; "
-          f"DRR range {float(drr.min()):.3g}..{float(drr.max()):.3g})")
+    what = args.renderer if args.renderer != POLYCHROMATIC else f"polychromatic ({tracer}, {volume.beam.spectrum.name})"
+    print(f"wrote {out} ({detector.rows}x{detector.cols}, {what} on {device}, {seconds:.2f} s; "
+          f"range {float(drr.min()):.3g}..{float(drr.max()):.3g})")
     return 0
 
 
@@ -194,11 +281,12 @@ def pose_difference(a: torch.Tensor, b: torch.Tensor, center: torch.Tensor) -> d
 
 
 def _registration_options(args):
-    """RegistrationOptions from the command line."""
+    """RegistrationOptions from the command line (the polychromatic renderer traces with --tracer)."""
     from .registration import RegistrationOptions
 
     return RegistrationOptions(
-        optimizer=args.optimizer, similarity=args.similarity, renderer=args.renderer,
+        optimizer=args.optimizer, similarity=args.similarity,
+        renderer=args.tracer if args.renderer == POLYCHROMATIC else args.renderer,
         parameterization=args.parameterization, levels=tuple(args.levels), max_iterations=args.iterations,
         n_starts=args.n_starts, seed=args.seed, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb,
     )
@@ -262,13 +350,14 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    volume = chest_phantom(dtype=_dtype(args.dtype)).to(device)
+    volume, tracer = _model(args, chest_phantom(dtype=_dtype(args.dtype)))
+    volume = volume.to(device)
     t_phantom = time.perf_counter() - t0
     detector = Detector(**DEMO_DETECTOR)
     center = volume.center.cpu().to(torch.float64)
     target, start = demo_poses(center)
     with torch.no_grad():
-        drrs = render(volume, detector, torch.stack([target, start]), args.renderer, max_memory_mb=args.max_memory_mb)
+        drrs = render(volume, detector, torch.stack([target, start]), tracer, max_memory_mb=args.max_memory_mb)
     xray, moving = drrs[0], drrs[1]
     offset = pose_difference(target, start, center)
     print(f"X-ray: a DRR of the phantom at the target pose ({detector.rows}x{detector.cols}); start "
@@ -276,7 +365,7 @@ def cmd_demo(args) -> int:
           f"({args.optimizer}, {args.similarity}, {args.renderer} on {device})", flush=True)
     result = register(volume, xray, detector, start, _registration_options(args), callback=_progress_printer(args.quiet))
     with torch.no_grad():
-        final = render(volume, detector, result.pose, args.renderer, max_memory_mb=args.max_memory_mb)[0]
+        final = render(volume, detector, result.pose, tracer, max_memory_mb=args.max_memory_mb)[0]
     fixed, before, after = xray.cpu().numpy(), moving.cpu().numpy(), final.cpu().numpy()
     io.write_image(out / "target.npy", fixed)
     io.write_image(out / "target.png", fixed)
@@ -350,7 +439,7 @@ def _read_registration_inputs(args, device):
             "pixel_spacing_mm), or use a DICOM X-ray with DistanceSourceToDetector and ImagerPixelSpacing"
         )
     check_xray(xray.image, detector)
-    volume = load_ct(args.ct, _hu_to_mu(args), _dtype(args.dtype)).to(device)
+    volume = _model(args, load_ct(args.ct, _hu_to_mu(args), _dtype(args.dtype)))[0].to(device)
     center = volume.center.to(torch.float64).cpu()
     if args.init is not None:
         initial = io.read_pose(args.init)
@@ -429,21 +518,25 @@ def cmd_register(args) -> int:
 def _experiment_case(args, device):
     """CT, X-ray and true pose of an experiment: given files, or the demo's phantom and target."""
     volume = load_ct(args.ct, _hu_to_mu(args), _dtype(args.dtype)).to(device)
+    if args.kind != "polychromatic":
+        volume, _ = _model(args, volume)
     center = volume.center.to(torch.float64).cpu()
     if args.geometry is not None:
         detector = io.read_geometry(args.geometry)
     else:
         detector = Detector(**DEMO_DETECTOR)
     truth = io.read_pose(args.truth).reshape(4, 4) if args.truth is not None else demo_poses(center)[0]
-    if args.xray is not None:
+    if args.xray is not None and args.kind != "polychromatic":
         from .xray import check_xray, read_xray
 
         image = read_xray(args.xray).image
         check_xray(image, detector)
         image = image.to(device=device, dtype=volume.mu.dtype)
+    elif args.kind == "polychromatic":
+        image = None  # the experiment simulates its own X-ray
     else:
         with torch.no_grad():
-            image = render(volume, detector, truth, args.renderer)[0]
+            image = render(volume, detector, truth, args.tracer if args.renderer == POLYCHROMATIC else args.renderer)[0]
     return volume, image, detector, truth
 
 
@@ -454,12 +547,31 @@ def cmd_experiment(args) -> int:
     volume, image, detector, truth = _experiment_case(args, device)
     out = Path(args.out)
     ct_name = "built-in chest phantom" if args.ct == PHANTOM else str(args.ct)
-    if args.kind == "landscape":
+    tracer = args.tracer if args.renderer == POLYCHROMATIC else args.renderer
+    near = args.kind == "polychromatic"  # registrations from near starts: the model's accuracy, not capture range
+    if args.max_rot is None:
+        args.max_rot = 10.0 if near else 45.0
+    if args.max_trans is None:
+        args.max_trans = 20.0 if near else 60.0
+    if args.kind == "polychromatic":
+        if args.xray is not None:
+            raise InputError("the polychromatic experiment simulates its X-ray; drop --xray")
+        options = dict(levels=tuple(args.levels), renderer=tracer, similarity=args.similarities[0],
+                       max_iterations=args.iterations, optimizer=args.optimizers[0])
+        realism = _realism(args)
+        if args.noise_photons is None:
+            realism = replace(realism, photons_per_pixel=DEFAULT_EXPERIMENT_PHOTONS,
+                              blur_mm=args.blur_mm or DEFAULT_EXPERIMENT_BLUR_MM)
+        report = experiments.polychromatic(volume, detector, truth, out, beam=_beam(args), realism=realism,
+                                           hu_to_mu=_hu_to_mu(args), n=args.n, max_rotation_deg=args.max_rot,
+                                           max_translation_mm=args.max_trans, seed=args.seed, options=options,
+                                           batch=args.batch, ct_name=ct_name)
+    elif args.kind == "landscape":
         report = experiments.landscape(volume, image, detector, truth, out, similarities=tuple(args.similarities),
-                                       renderer=args.renderer, rotation_range_deg=args.max_rot,
+                                       renderer=tracer, rotation_range_deg=args.max_rot,
                                        translation_range_mm=args.max_trans, n_points=args.points)
     else:
-        options = dict(levels=tuple(args.levels), renderer=args.renderer, similarity=args.similarities[0],
+        options = dict(levels=tuple(args.levels), renderer=tracer, similarity=args.similarities[0],
                        max_iterations=args.iterations)
         report = experiments.robustness(volume, image, detector, truth, out, optimizers=tuple(args.optimizers),
                                         n=args.n, max_rotation_deg=args.max_rot, max_translation_mm=args.max_trans,
@@ -492,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="register the built-in phantom from a perturbed start; write result and overlays")
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
     _add_engine_options(p)
+    _add_physics_options(p)
     _add_registration_options(p)
     p.set_defaults(func=cmd_demo)
 
@@ -514,12 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip-cols", action="store_true", help="the X-ray is mirrored left-right")
     p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame X-ray (default 0)")
     _add_engine_options(p)
+    _add_physics_options(p)
     _add_hu_options(p)
     _add_registration_options(p)
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("experiment", help="the seed paper's experiments: similarity landscape, robustness to the start")
-    p.add_argument("kind", choices=["landscape", "robustness"])
+    p.add_argument("kind", choices=["landscape", "robustness", "polychromatic"],
+                   help="polychromatic: a realistic simulated X-ray registered with mono- and polychromatic DRRs")
     p.add_argument("--out", required=True, help="output folder (CSV, Markdown, PNG)")
     p.add_argument("--ct", default=PHANTOM, help="CT file or 'phantom' (default)")
     p.add_argument("--xray", default=None, help="X-ray (default: a DRR of the CT at the true pose)")
@@ -528,8 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--similarities", nargs="+", default=["zncc"], help="similarities (robustness uses the first)")
     p.add_argument("--optimizers", nargs="+", default=["adam", "gddm", "gdm", "gd"], help="robustness: optimisers")
     p.add_argument("--n", type=int, default=100, help="robustness: random starts (default 100)")
-    p.add_argument("--max-rot", type=float, default=45.0, help="range of the rotation offsets, deg (default 45)")
-    p.add_argument("--max-trans", type=float, default=60.0, help="range of the translation offsets, mm (default 60)")
+    p.add_argument("--max-rot", type=float, default=None,
+                   help="range of the rotation offsets, deg (default 45; polychromatic: 10)")
+    p.add_argument("--max-trans", type=float, default=None,
+                   help="range of the translation offsets, mm (default 60; polychromatic: 20)")
     p.add_argument("--points", type=int, default=41, help="landscape: samples per axis (default 41)")
     p.add_argument("--levels", type=float, nargs="+", default=[8.0, 4.0, 2.0],
                    help="robustness: pyramid levels (default 8 4 2: the full-size level is left out for speed)")
@@ -537,7 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=25, help="robustness: starts registered together (default 25)")
     p.add_argument("--seed", type=int, default=0, help="robustness: seed of the starts (default 0)")
     _add_engine_options(p)
+    _add_physics_options(p)
     _add_hu_options(p)
+    _add_realism_options(p)
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("render", help="render one DRR of a CT at a pose")
@@ -548,7 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="label map on the CT grid (optional)")
     p.add_argument("--keep-labels", type=int, nargs="+", default=None, help="render only voxels with these labels")
     _add_engine_options(p)
+    _add_physics_options(p)
     _add_hu_options(p)
+    _add_realism_options(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("pose", help="write a pose JSON from clinical C-arm angles or the spherical C-arm model")

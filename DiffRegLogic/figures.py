@@ -255,6 +255,11 @@ def difference(xray, drr) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
+def grey(image) -> np.ndarray:
+    """One image (H, W) windowed on its own percentiles as a grey RGB picture (H, W, 3) uint8."""
+    return np.repeat(to_uint8(_image(image, "image"))[:, :, None], 3, axis=2)
+
+
 def panel_row(panels: Sequence, labels: Sequence[str]) -> np.ndarray:
     """(H, W, 3) uint8 panels of one height side by side with white bars, each labelled in its corner."""
     if len(panels) != len(labels) or not panels:
