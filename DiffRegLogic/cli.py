@@ -121,6 +121,8 @@ def _add_hu_options(p: argparse.ArgumentParser) -> None:
 
 
 def _hu_to_mu(args) -> HUToMu:
+    if not hasattr(args, "mu_water"):  # commands without HU options (demo) use the default conversion
+        return HUToMu()
     return HUToMu(mu_water=args.mu_water, bone_hu=args.bone_hu, mu_bone=args.mu_bone)
 
 
