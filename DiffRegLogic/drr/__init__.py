@@ -102,6 +102,18 @@ def _integrator(renderer: str, step_voxels: float, backend: str = "reference"
     raise InputError(f"unknown renderer {renderer!r}; choose one of {sorted(RENDERERS)}")
 
 
+def _field_integrator(renderer: str, step_voxels: float, backend: str, field: torch.Tensor) -> Callable:
+    """integrate(field, rays): (B, R) for a (K, J, I) field; (B, R, C) for (C, K, J, I), channel after channel."""
+    integrate_one, _ = _integrator(renderer, step_voxels, backend)
+    if field.ndim == 3:
+        return integrate_one
+
+    def integrate(mu: torch.Tensor, rays: RayBundle) -> torch.Tensor:
+        return torch.stack([integrate_one(mu[c], rays) for c in range(mu.shape[0])], -1)
+
+    return integrate
+
+
 def bytes_per_ray(volume: Volume, n_poses: int, renderer: str = "siddon", step_voxels: float = 1.0,
                   backend: str = "reference") -> float:
     """Estimated working memory (bytes) of one detector pixel for ``n_poses`` poses (upper bound)."""
@@ -178,12 +190,7 @@ def _render_line_integrals(volume: Volume, detector: Detector, pose, renderer: s
     n_channels = field.shape[0] if field.ndim == 4 else 1
     mu_grad = torch.is_grad_enabled() and field.requires_grad
     backend = resolve_backend(backend, field, mu_grad)
-    integrate_one, _ = _integrator(renderer, step_voxels, backend)
-    if field.ndim == 4:
-        def integrate(mu, rays):  # one channel after the other
-            return torch.stack([integrate_one(mu[c], rays) for c in range(mu.shape[0])], -1)
-    else:
-        integrate = integrate_one
+    integrate = _field_integrator(renderer, step_voxels, backend, field)
     if not (max_memory_mb > 0):
         raise InputError(f"max_memory_mb must be a positive number of MB, got {max_memory_mb}")
     # the fused kernels work in float64 anyway: their rays are built in float64 too (cheap: per ray, not

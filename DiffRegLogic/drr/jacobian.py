@@ -82,19 +82,14 @@ def render_with_jacobian(
         both detached, in the dtype of ``volume.mu`` (for a `MaterialVolume`:
         its polychromatic signal, chained through each channel's Jacobian).
     """
-    from . import DEFAULT_MAX_MEMORY_MB, _integrator, polychromatic, rays_per_tile, resolve_backend
+    from . import DEFAULT_MAX_MEMORY_MB, _field_integrator, polychromatic, rays_per_tile, resolve_backend
 
     if params.ndim != 2:
         raise InputError(f"params must be (B, P), got shape {tuple(params.shape)}")
     field = volume.densities if isinstance(volume, MaterialVolume) else volume.mu
     backend = resolve_backend(backend, field)
-    integrate_one, _ = _integrator(renderer, step_voxels, backend)
+    integrate = _field_integrator(renderer, step_voxels, backend, field)
     n_channels = field.shape[0] if field.ndim == 4 else 1
-    if field.ndim == 4:
-        def integrate(mu, rays):  # one channel after the other
-            return torch.stack([integrate_one(mu[c], rays) for c in range(mu.shape[0])], -1)
-    else:
-        integrate = integrate_one
     dtype, device = volume.mu.dtype, volume.mu.device
     ray_dtype = torch.float64 if backend == "fused" else dtype  # as in render()
     params = params.detach().to(dtype=ray_dtype, device=device)
