@@ -17,11 +17,17 @@ Each renderer is an ``integrate(mu, rays) -> (B, R)`` function over a
 * ``"fused"``: compiled loops over rays on the CPU (numba, `fused_cpu`) with
   an analytic backward for the pose and intrinsics that stores nothing per
   sample: the fast path;
+* ``"triton"``: the same fused design as Triton kernels (`fused_triton`) for
+  CUDA tensors: float32 geometry and accumulation, the volume optionally
+  stored in float16/bfloat16 (``volume_dtype=``), deterministic (no
+  atomics). On CPU tensors it runs only under Triton's interpreter
+  (``TRITON_INTERPRET=1``), which is how CI tests it;
 * ``"reference"``: the pure-PyTorch renderers (`siddon`, `trilinear`), on
-  any device, differentiable w.r.t. mu too; the fused path is tested
+  any device, differentiable w.r.t. mu too; the fused paths are tested
   against them;
-* ``"auto"`` (default): fused on the CPU when numba is installed and no
-  gradient w.r.t. mu is asked for, else reference.
+* ``"auto"`` (default): on CUDA, triton when it imports and the volume is
+  float32/float16/bfloat16; on the CPU, fused when numba is installed; the
+  reference otherwise, and always when a gradient w.r.t. mu is asked for.
 
 The detector is rendered in tiles of rays of at most ``TILE_MB`` of working
 memory each (smaller tiles stay in cache; measured fastest on CPU). When
@@ -42,35 +48,53 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import InputError
 from ..geometry import Detector, check_pose
 from ..volume import Volume
-from . import fused_cpu, siddon, trilinear
+from . import fused_cpu, fused_triton, siddon, trilinear
 from .rays import RayBundle, clip_to_box, detector_pixels, pixel_rays
 
-__all__ = ["render", "RENDERERS", "BACKENDS", "RayBundle", "pixel_rays", "clip_to_box", "resolve_backend"]
+__all__ = ["render", "RENDERERS", "BACKENDS", "FUSED_BACKENDS", "ray_dtype_for", "RayBundle", "pixel_rays", "clip_to_box", "resolve_backend"]
 
 RENDERERS: dict[str, str] = {"siddon": "exact radiological path", "trilinear": "trilinear ray marching"}
-BACKENDS = ("auto", "fused", "reference")
+BACKENDS = ("auto", "fused", "triton", "reference")
+FUSED_BACKENDS = ("fused", "triton")  # per-ray memory, analytic backward, no gradient w.r.t. mu
 
 DEFAULT_MAX_MEMORY_MB = 2048.0
 # Working memory of one tile: 256 MB was the fastest tile on 2 CPU cores for both renderers
 # (sweep of 32..2048 MB on the benchmark CT, 200 x 200 detector).
 TILE_MB = 256.0
+# Triton tiles: 256 MB of per-ray working memory = 699k rays (all of a 512 x 512 detector; a 1536 x 1536 one
+# in 4 launches). Not tuned: bench/gpu_session.sh measures it.
+TRITON_TILE_MB = 256.0
 
 
 def resolve_backend(backend: str, mu: torch.Tensor, mu_grad: bool = False) -> str:
-    """``"fused"`` or ``"reference"`` for this volume; InputError when ``backend`` cannot be honoured."""
+    """``"fused"``, ``"triton"`` or ``"reference"`` for this volume; InputError when ``backend`` cannot be honoured."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "reference":
         return "reference"
+    if backend == "triton":
+        why = fused_triton.unavailable_reason(mu, mu_grad)
+        if why is not None:
+            raise InputError(f"backend 'triton' is not available here: {why}")
+        return "triton"
+    if backend == "auto" and mu.device.type == "cuda":
+        return "triton" if fused_triton.unavailable_reason(mu, mu_grad) is None else "reference"
     real = mu.dtype in (torch.float32, torch.float64)
     fused_ok = fused_cpu.AVAILABLE and mu.device.type == "cpu" and not mu_grad and real
     if backend == "fused" and not fused_ok:
         why = ("numba is not installed (pip install numba)" if not fused_cpu.AVAILABLE else
-               "it runs on the CPU only (use backend='reference' on CUDA)" if mu.device.type != "cpu" else
+               "it runs on the CPU only (use backend='triton' or 'reference' on CUDA)" if mu.device.type != "cpu" else
                f"it takes float32 or float64 volumes, not {mu.dtype}" if not real else
                "it has no gradient w.r.t. mu (use backend='reference')")
         raise InputError(f"backend 'fused' is not available here: {why}")
     return "fused" if fused_ok else "reference"
+
+
+def ray_dtype_for(backend: str, mu: torch.Tensor) -> torch.dtype:
+    """dtype the rays are built in: float64 for the numba kernels (they compute in float64 anyway, and the DRR
+    is then a smooth function of the pose down to float64 rounding), float32 for Triton (its geometry is
+    float32), mu's dtype for the reference."""
+    return {"fused": torch.float64, "triton": torch.float32}.get(backend, mu.dtype)
 
 
 def _integrator(renderer: str, step_voxels: float, backend: str = "reference"
@@ -84,6 +108,14 @@ def _integrator(renderer: str, step_voxels: float, backend: str = "reference"
             return fused_cpu.integrate(mu, rays, renderer, step_voxels)
 
         return fused, lambda shape: fused_cpu.BYTES_PER_RAY
+    if renderer in RENDERERS and backend == "triton":
+        if not (step_voxels > 0):
+            raise InputError(f"step_voxels must be positive, got {step_voxels}")
+
+        def on_gpu(mu, rays, volume_dtype=None):
+            return fused_triton.integrate(mu, rays, renderer, step_voxels, volume_dtype)
+
+        return on_gpu, lambda shape: fused_triton.BYTES_PER_RAY
     if renderer == "siddon":
         return siddon.integrate, lambda shape: siddon.max_samples_per_ray(shape) * siddon.BYTES_PER_SAMPLE
     if renderer == "trilinear":
@@ -101,7 +133,7 @@ def bytes_per_ray(volume: Volume, n_poses: int, renderer: str = "siddon", step_v
                   backend: str = "reference") -> float:
     """Estimated working memory (bytes) of one detector pixel for ``n_poses`` poses (upper bound)."""
     _, per_ray = _integrator(renderer, step_voxels, backend)
-    if backend == "fused":
+    if backend in FUSED_BACKENDS:
         return per_ray(volume.shape_ijk) * n_poses
     return per_ray(volume.shape_ijk) * n_poses * volume.mu.element_size() / 4
 
@@ -112,9 +144,13 @@ def rays_per_tile(volume: Volume, n_poses: int, renderer: str = "siddon", step_v
 
     Reference: ``min(max_memory_mb, TILE_MB)`` of working memory (small
     tiles stay in cache). Fused: the whole budget, since its memory is per
-    ray, not per sample.
+    ray, not per sample. Triton: ``min(max_memory_mb, TRITON_TILE_MB)``; its
+    memory is per ray too, and smaller tiles bound the peak of a forward
+    render without autograd (each tile's ray tensors are freed before the
+    next) while still filling the GPU.
     """
-    cap = max_memory_mb if backend == "fused" else min(max_memory_mb, TILE_MB)
+    cap = (max_memory_mb if backend == "fused" else min(max_memory_mb, TRITON_TILE_MB) if backend == "triton"
+           else min(max_memory_mb, TILE_MB))
     return max(1, int(cap * 2**20 // bytes_per_ray(volume, n_poses, renderer, step_voxels, backend)))
 
 
@@ -128,6 +164,7 @@ def render(
     max_memory_mb: float = DEFAULT_MAX_MEMORY_MB,
     tile_rays: int | None = None,
     backend: str = "auto",
+    volume_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Render DRRs of ``volume`` for one or B poses.
 
@@ -139,7 +176,11 @@ def render(
         step_voxels: trilinear step in voxels (ignored by Siddon).
         max_memory_mb: working-memory budget (MB) of the whole call, forward and backward.
         tile_rays: explicit number of pixels per tile (overrides the budget).
-        backend: "auto", "fused" or "reference" (see the module docstring).
+        backend: "auto", "fused", "triton" or "reference" (see the module docstring).
+        volume_dtype: storage dtype of the volume for the Triton kernels (torch.float16 or
+            torch.bfloat16 halve the bytes each sample reads; accumulation stays float32). The
+            converted copy is made once per volume and remembered. None (default): mu's dtype.
+            Only the Triton backend takes it (InputError otherwise).
 
     Returns:
         (B, H, W) line integrals of mu, dtype of ``volume.mu``.
@@ -153,9 +194,14 @@ def render(
     integrate, _ = _integrator(renderer, step_voxels, backend)
     if not (max_memory_mb > 0):
         raise InputError(f"max_memory_mb must be a positive number of MB, got {max_memory_mb}")
-    # the fused kernels work in float64 anyway: their rays are built in float64 too (cheap: per ray, not
-    # per sample), so the DRR is a smooth function of the pose down to float64 rounding
-    ray_dtype = torch.float64 if backend == "fused" else volume.mu.dtype
+    if volume_dtype is not None:
+        if backend != "triton":
+            raise InputError(f"volume_dtype is a storage option of the 'triton' backend; this render uses "
+                             f"{backend!r} (pass backend='triton', or leave volume_dtype unset)")
+        if volume_dtype not in fused_triton.STORAGE_DTYPES:
+            raise InputError(f"volume_dtype must be torch.float32, torch.float16 or torch.bfloat16, got {volume_dtype}")
+        integrate = _with_storage(integrate, volume_dtype)
+    ray_dtype = ray_dtype_for(backend, volume.mu)
     pose = check_pose(pose).to(device=volume.mu.device, dtype=ray_dtype)
     n_poses = pose.shape[0]
     pixels = detector_pixels(detector, ray_dtype, volume.mu.device)
@@ -173,8 +219,8 @@ def render(
     n_tiles = math.ceil(n_rays / tile_rays)
     needs_grad = torch.is_grad_enabled() and (pose.requires_grad or volume.mu.requires_grad or _detector_requires_grad(detector))
     # recompute tiles in backward only when keeping every tile's intermediates would break the budget
-    # (the fused backend keeps only per-ray partials: recomputing would rerun its kernels for nothing)
-    recompute = needs_grad and backend != "fused" and n_tiles > 1 and (
+    # (the fused backends keep only per-ray partials: recomputing would rerun their kernels for nothing)
+    recompute = needs_grad and backend not in FUSED_BACKENDS and n_tiles > 1 and (
         n_rays * bytes_per_ray(volume, n_poses, renderer, step_voxels, backend) > max_memory_mb * 2**20)
     try:
         tiles = []
@@ -191,6 +237,13 @@ def render(
         ) from exc
     out = torch.cat(tiles, dim=-1) if len(tiles) > 1 else tiles[0]
     return out.reshape(n_poses, detector.rows, detector.cols)
+
+
+def _with_storage(integrate: Callable, volume_dtype: torch.dtype) -> Callable:
+    def run(mu, rays):
+        return integrate(mu, rays, volume_dtype)
+
+    return run
 
 
 def _detector_requires_grad(detector: Detector) -> bool:

@@ -80,14 +80,14 @@ def render_with_jacobian(
         ``drr`` (B, H, W) and ``jacobian`` (B, H, W, P) = d drr / d params,
         both detached, in the dtype of ``volume.mu``.
     """
-    from . import DEFAULT_MAX_MEMORY_MB, _integrator, rays_per_tile, resolve_backend
+    from . import DEFAULT_MAX_MEMORY_MB, _integrator, ray_dtype_for, rays_per_tile, resolve_backend
 
     if params.ndim != 2:
         raise InputError(f"params must be (B, P), got shape {tuple(params.shape)}")
     backend = resolve_backend(backend, volume.mu)
     integrate, _ = _integrator(renderer, step_voxels, backend)
     dtype, device = volume.mu.dtype, volume.mu.device
-    ray_dtype = torch.float64 if backend == "fused" else dtype  # as in render()
+    ray_dtype = ray_dtype_for(backend, volume.mu)  # as in render()
     params = params.detach().to(dtype=ray_dtype, device=device)
     n_poses, n_params = params.shape
     pose, d_pose = pose_jacobian(pose_of, params)
