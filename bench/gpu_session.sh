@@ -33,6 +33,7 @@ if [[ $step == tests || $step == all ]]; then
     { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
       python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
     } > "$out/gpu.txt" 2>&1
+    python3 bench/compile_kernels.py > "$out/kernels.json"  # registers and spills of every kernel variant
     # the Triton kernels against the float64 reference, compiled for the GPU; then the renderer suites
     python3 -m pytest -q -rs Testing/test_fused_triton.py Testing/test_drr_autograd.py Testing/test_drr_closed_form.py \
         Testing/test_drr_projection.py 2>&1 | tee "$out/tests.txt"
