@@ -45,21 +45,37 @@ def compile_all(arch: int, block: int, storages: list[str]) -> list[dict]:
                 compiled = triton.compile(ASTSource(fn=fn, signature=signature,
                                                     constexprs={"WITH_GRAD": with_grad, "BLOCK": block}),
                                           target=target)
-                row = {"kernel": name, "with_grad": with_grad, "storage": storage, "arch": arch, "block": block,
-                       "num_warps": compiled.metadata.num_warps, "ptx_chars": len(compiled.asm.get("ptx", ""))}
-                if "cubin" in compiled.asm and os.path.exists(cuobjdump):
-                    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as handle:
-                        handle.write(compiled.asm["cubin"])
-                    try:
-                        usage = subprocess.run([cuobjdump, "--dump-resource-usage", handle.name],
-                                               capture_output=True, text=True, check=True).stdout
-                    finally:
-                        os.unlink(handle.name)
-                    for key, field in (("registers", "REG"), ("local_bytes", "LOCAL"), ("shared_bytes", "SHARED")):
-                        match = re.search(rf"\b{field}:(\d+)", usage)
-                        row[key] = int(match.group(1)) if match else None
-                rows.append(row)
+                rows.append(_resources(compiled, cuobjdump, {"kernel": name, "with_grad": with_grad,
+                                                             "storage": storage, "arch": arch, "block": block}))
+    camera = {"vol": "*fp32", "cam": "*fp32", "out": "*fp32", "n_rays": "i32", "pixels": "i32", "cols": "i32",
+              "ni": "i32", "nj": "i32", "nk": "i32"}
+    for name, fn, extra in (("trilinear_camera", kernels.trilinear_camera_kernel, {"step_voxels": "fp32"}),
+                            ("siddon_camera", kernels.siddon_camera_kernel, {})):
+        for storage in storages:
+            signature = dict(camera, **extra, BLOCK="constexpr")
+            signature["vol"] = "*" + storage
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs={"BLOCK": block}),
+                                      target=target)
+            rows.append(_resources(compiled, cuobjdump, {"kernel": name, "with_grad": False, "storage": storage,
+                                                         "arch": arch, "block": block}))
     return rows
+
+
+def _resources(compiled, cuobjdump: str, row: dict) -> dict:
+    """``row`` plus warps, PTX size, and (with cuobjdump) registers, local (spill) and shared bytes per thread."""
+    row = dict(row, num_warps=compiled.metadata.num_warps, ptx_chars=len(compiled.asm.get("ptx", "")))
+    if "cubin" in compiled.asm and os.path.exists(cuobjdump):
+        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as handle:
+            handle.write(compiled.asm["cubin"])
+        try:
+            usage = subprocess.run([cuobjdump, "--dump-resource-usage", handle.name],
+                                   capture_output=True, text=True, check=True).stdout
+        finally:
+            os.unlink(handle.name)
+        for key, field in (("registers", "REG"), ("local_bytes", "LOCAL"), ("shared_bytes", "SHARED")):
+            match = re.search(rf"\b{field}:(\d+)", usage)
+            row[key] = int(match.group(1)) if match else None
+    return row
 
 
 def main(argv=None) -> int:

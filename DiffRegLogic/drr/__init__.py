@@ -175,7 +175,8 @@ def render(
         renderer: "siddon" or "trilinear".
         step_voxels: trilinear step in voxels (ignored by Siddon).
         max_memory_mb: working-memory budget (MB) of the whole call, forward and backward.
-        tile_rays: explicit number of pixels per tile (overrides the budget).
+        tile_rays: explicit number of pixels per tile (overrides the budget). The Triton backend
+            without autograd does not tile: it builds each ray inside its kernel.
         backend: "auto", "fused", "triton" or "reference" (see the module docstring).
         volume_dtype: storage dtype of the volume for the Triton kernels (torch.float16 or
             torch.bfloat16 halve the bytes each sample reads; accumulation stays float32). The
@@ -204,6 +205,19 @@ def render(
     ray_dtype = ray_dtype_for(backend, volume.mu)
     pose = check_pose(pose).to(device=volume.mu.device, dtype=ray_dtype)
     n_poses = pose.shape[0]
+    needs_grad = torch.is_grad_enabled() and (pose.requires_grad or volume.mu.requires_grad or _detector_requires_grad(detector))
+    if tile_rays is not None and tile_rays < 1:
+        raise InputError(f"tile_rays must be at least 1, got {tile_rays}")
+    if backend == "triton" and not needs_grad:
+        # no autograd: one kernel builds the rays itself (memory = volume + output; tiles are not needed)
+        try:
+            out = fused_triton.render_without_grad(
+                fused_triton.storage(volume.mu, volume_dtype), volume.affine, detector.rows, detector.cols,
+                detector.tensors(torch.float64, volume.mu.device), pose.detach(), renderer, step_voxels)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise MemoryError(f"the GPU ran out of memory for a {n_poses} x {detector.rows} x {detector.cols} "
+                              "DRR output") from exc
+        return out.to(volume.mu.dtype)
     pixels = detector_pixels(detector, ray_dtype, volume.mu.device)
     n_rays = pixels.shape[0]
     if tile_rays is None:
@@ -217,7 +231,6 @@ def render(
         return integrate(mu, rays).to(volume.mu.dtype)
 
     n_tiles = math.ceil(n_rays / tile_rays)
-    needs_grad = torch.is_grad_enabled() and (pose.requires_grad or volume.mu.requires_grad or _detector_requires_grad(detector))
     # recompute tiles in backward only when keeping every tile's intermediates would break the budget
     # (the fused backends keep only per-ray partials: recomputing would rerun their kernels for nothing)
     recompute = needs_grad and backend not in FUSED_BACKENDS and n_tiles > 1 and (

@@ -7,6 +7,9 @@ store nothing per sample:
 
 * forward: ``value[n]`` = integral of mu along ray n between ``t_near`` and
   ``t_far`` (alpha units; `integrate` multiplies by the ray length in mm);
+* without autograd (`render_without_grad`), the rays are built inside the
+  kernel from a small per-pose table: one launch, no per-ray tensors, memory
+  = volume + output;
 * with a gradient wanted, the same pass also writes each ray's 8 partial
   derivatives d value / d (source (3), direction (3), t_near, t_far) (index
   space); the backward only scales them by the upstream gradient, and
@@ -155,6 +158,58 @@ def launch(vol: torch.Tensor, src: torch.Tensor, d: torch.Tensor, tn: torch.Tens
     else:
         raise ValueError(f"unknown renderer {renderer!r}")
     return out, partials
+
+
+def camera_table(affine: torch.Tensor, sdd, du, dv, cx, cy, pose: torch.Tensor) -> torch.Tensor:
+    """The per-pose table of the camera kernels: (B, 17) float32.
+
+    Row b: A = index_from_world[:3, :3] @ R_b^T (3 x 3, row-major), the source
+    in index space ``index_from_world @ (-R_b^T t_b)``, then sdd, du, dv, cx,
+    cy (mm, mm, mm, px, px). ``affine`` is the volume's (4, 4) ijk -> RAS,
+    ``pose`` (B, 4, 4) camera_from_world; computed in float64, then rounded.
+    """
+    # inv_ex: no error check, so no device-to-host sync on CUDA (the Volume checked that the affine is regular)
+    inv = torch.linalg.inv_ex(affine.to(torch.float64)).inverse
+    lin, off = inv[:3, :3], inv[:3, 3]
+    pose = pose.to(torch.float64)
+    rot_t = pose[:, :3, :3].transpose(-1, -2)
+    a = lin @ rot_t  # (B, 3, 3)
+    src = -(a @ pose[:, :3, 3:4])[..., 0] + off  # (B, 3)
+    n = pose.shape[0]
+    intrinsics = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=pose.device).detach()
+                              for x in (sdd, du, dv, cx, cy)])
+    return torch.cat([a.reshape(n, 9), src, intrinsics.expand(n, 5)], -1).to(torch.float32).contiguous()
+
+
+def render_without_grad(vol: torch.Tensor, affine: torch.Tensor, rows: int, cols: int, intrinsics,
+                        pose: torch.Tensor, renderer: str, step_voxels: float, block: int = BLOCK) -> torch.Tensor:
+    """DRRs (B, rows, cols) float32 with the rays built inside the kernel: one launch, no per-ray tensors.
+
+    Args:
+        vol: (K, J, I) contiguous volume in a storage dtype (`storage`).
+        affine: (4, 4) ijk -> RAS of the volume.
+        rows, cols: detector size; intrinsics: (sdd, du, dv, cx, cy) as `Detector.tensors` returns them.
+        pose: (B, 4, 4) camera_from_world.
+    Nothing is differentiable (callers use it under ``torch.no_grad()`` semantics).
+    """
+    kernels = _kernels()
+    table = camera_table(affine, *intrinsics, pose)
+    n_poses = pose.shape[0]
+    pixels = rows * cols
+    n = n_poses * pixels
+    if n >= 2**31:
+        raise ValueError(f"the Triton renderer indexes rays with int32: {n_poses} x {rows} x {cols} rays is too many")
+    out = torch.empty(n, dtype=torch.float32, device=vol.device)
+    nk, nj, ni = vol.shape
+    grid = ((n + block - 1) // block,)
+    if renderer == "trilinear":
+        kernels.trilinear_camera_kernel[grid](vol.reshape(-1), table, out, n, pixels, cols, ni, nj, nk,
+                                              float(step_voxels), BLOCK=block)
+    elif renderer == "siddon":
+        kernels.siddon_camera_kernel[grid](vol.reshape(-1), table, out, n, pixels, cols, ni, nj, nk, BLOCK=block)
+    else:
+        raise ValueError(f"unknown renderer {renderer!r}")
+    return out.reshape(n_poses, rows, cols)
 
 
 class _TritonIntegral(torch.autograd.Function):

@@ -18,6 +18,11 @@ formulas. Layout, shared by both kernels:
 * ``part``: (N, 8) float32 d out / d (s0, s1, s2, d0, d1, d2, tn, tf), written
   only when ``WITH_GRAD``.
 
+The ``*_camera_kernel`` variants (forward only, for renders without
+autograd) build each ray in the kernel from a (B, 17) per-pose table instead
+(see `_camera_rays`) and write DRR pixels in mm x 1/mm: one launch per render
+and no per-ray tensors at all.
+
 One program handles ``BLOCK`` rays and loops over the largest step (or
 crossing) count of its block, masking the rays that are done. Each ray's sums
 run in a fixed order inside one program, with no atomics, so the results are
@@ -79,11 +84,8 @@ def _sample(vol, ni, nj, nk, pi, pj, pk, mask):
 
 
 @triton.jit
-def trilinear_kernel(vol, src, d, tn_ptr, tf_ptr, out, part, n_rays, ni, nj, nk, step_voxels,
-                     WITH_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-    """Midpoint-rule integral (alpha units) of ``BLOCK`` rays: full steps of h = step / max|d|, then the partial step."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    live = offs < n_rays
+def _load_rays(src, d, tn_ptr, tf_ptr, offs, live):
+    """Ray n's source, direction (index space), t_near and t_far from the (N, 3), (N, 3), (N,), (N,) arrays."""
     s0 = tl.load(src + 3 * offs, mask=live, other=0.0)
     s1 = tl.load(src + 3 * offs + 1, mask=live, other=0.0)
     s2 = tl.load(src + 3 * offs + 2, mask=live, other=0.0)
@@ -92,6 +94,108 @@ def trilinear_kernel(vol, src, d, tn_ptr, tf_ptr, out, part, n_rays, ni, nj, nk,
     d2 = tl.load(d + 3 * offs + 2, mask=live, other=1.0)
     tn = tl.load(tn_ptr + offs, mask=live, other=0.0)
     tf = tl.load(tf_ptr + offs, mask=live, other=0.0)
+    return s0, s1, s2, d0, d1, d2, tn, tf
+
+
+@triton.jit
+def _store_partials(part, offs, live, g0, g1, g2, g3, g4, g5, g6, g7):
+    row = part + 8 * offs
+    tl.store(row, g0, mask=live)
+    tl.store(row + 1, g1, mask=live)
+    tl.store(row + 2, g2, mask=live)
+    tl.store(row + 3, g3, mask=live)
+    tl.store(row + 4, g4, mask=live)
+    tl.store(row + 5, g5, mask=live)
+    tl.store(row + 6, g6, mask=live)
+    tl.store(row + 7, g7, mask=live)
+
+
+@triton.jit
+def _slab(s, dd, n):
+    """Entry and exit alpha of the slab [-0.5, n - 0.5] along one axis (as rays.clip_to_box: tiny |d| -> 1e-9)."""
+    safe = tl.where(tl.abs(dd) < 1e-9, 1e-9, dd)
+    lo = (-0.5 - s) / safe
+    hi = (n - 0.5 - s) / safe
+    return tl.minimum(lo, hi), tl.maximum(lo, hi)
+
+
+@triton.jit
+def _camera_rays(cam, offs, live, pixels, cols, ni, nj, nk):
+    """Rays of flat ray indices ``offs`` = pose * pixels + row * cols + col, built from the per-pose table.
+
+    ``cam`` is (B, 17) float32: index_from_camera's 3x3 linear part A (row-major), the source in index
+    space, then sdd, du, dv, cx, cy. The pixel (row r, col c) sits at camera point
+    ((c - cx) du, (r - cy) dv, sdd); its ray is source + alpha A (camera point), alpha in [0, 1], of
+    length |camera point| mm; t_near, t_far as `rays.clip_to_box`.
+    """
+    b = offs // pixels
+    p = offs - b * pixels
+    r = p // cols
+    c = p - r * cols
+    row = cam + 17 * b
+    a00 = tl.load(row, mask=live, other=0.0)
+    a01 = tl.load(row + 1, mask=live, other=0.0)
+    a02 = tl.load(row + 2, mask=live, other=0.0)
+    a10 = tl.load(row + 3, mask=live, other=0.0)
+    a11 = tl.load(row + 4, mask=live, other=0.0)
+    a12 = tl.load(row + 5, mask=live, other=0.0)
+    a20 = tl.load(row + 6, mask=live, other=0.0)
+    a21 = tl.load(row + 7, mask=live, other=0.0)
+    a22 = tl.load(row + 8, mask=live, other=0.0)
+    s0 = tl.load(row + 9, mask=live, other=0.0)
+    s1 = tl.load(row + 10, mask=live, other=0.0)
+    s2 = tl.load(row + 11, mask=live, other=0.0)
+    sdd = tl.load(row + 12, mask=live, other=1.0)
+    du = tl.load(row + 13, mask=live, other=0.0)
+    dv = tl.load(row + 14, mask=live, other=0.0)
+    cx = tl.load(row + 15, mask=live, other=0.0)
+    cy = tl.load(row + 16, mask=live, other=0.0)
+    x = (c.to(tl.float32) - cx) * du
+    y = (r.to(tl.float32) - cy) * dv
+    d0 = tl.where(live, a00 * x + a01 * y + a02 * sdd, 1.0)
+    d1 = tl.where(live, a10 * x + a11 * y + a12 * sdd, 1.0)
+    d2 = tl.where(live, a20 * x + a21 * y + a22 * sdd, 1.0)
+    length = tl.sqrt(x * x + y * y + sdd * sdd)
+    lo0, hi0 = _slab(s0, d0, ni)
+    lo1, hi1 = _slab(s1, d1, nj)
+    lo2, hi2 = _slab(s2, d2, nk)
+    tn = tl.maximum(tl.maximum(tl.maximum(lo0, lo1), lo2), 0.0)
+    tf = tl.minimum(tl.minimum(tl.minimum(hi0, hi1), hi2), 1.0)
+    tf = tl.where(live, tl.maximum(tf, tn), 0.0)
+    tn = tl.where(live, tn, 0.0)
+    return s0, s1, s2, d0, d1, d2, tn, tf, length
+
+
+@triton.jit
+def trilinear_kernel(vol, src, d, tn_ptr, tf_ptr, out, part, n_rays, ni, nj, nk, step_voxels,
+                     WITH_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    """Midpoint-rule integrals (alpha units) of ``BLOCK`` rays given as arrays, and their partials."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < n_rays
+    s0, s1, s2, d0, d1, d2, tn, tf = _load_rays(src, d, tn_ptr, tf_ptr, offs, live)
+    value, g0, g1, g2, g3, g4, g5, g6, g7 = _trilinear_ray(vol, ni, nj, nk, s0, s1, s2, d0, d1, d2, tn, tf, live,
+                                                           step_voxels, WITH_GRAD, BLOCK)
+    tl.store(out + offs, value, mask=live)
+    if WITH_GRAD:
+        _store_partials(part, offs, live, g0, g1, g2, g3, g4, g5, g6, g7)
+
+
+@triton.jit
+def trilinear_camera_kernel(vol, cam, out, n_rays, pixels, cols, ni, nj, nk, step_voxels, BLOCK: tl.constexpr):
+    """DRR pixels (mm x 1/mm) of ``BLOCK`` rays built in the kernel from the per-pose table (no autograd)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < n_rays
+    s0, s1, s2, d0, d1, d2, tn, tf, length = _camera_rays(cam, offs, live, pixels, cols, ni, nj, nk)
+    value, g0, g1, g2, g3, g4, g5, g6, g7 = _trilinear_ray(vol, ni, nj, nk, s0, s1, s2, d0, d1, d2, tn, tf, live,
+                                                           step_voxels, False, BLOCK)
+    tl.store(out + offs, value * length, mask=live)
+
+
+@triton.jit
+def _trilinear_ray(vol, ni, nj, nk, s0, s1, s2, d0, d1, d2, tn, tf, live, step_voxels,
+                   WITH_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    """Midpoint-rule integral (alpha units) of ``BLOCK`` rays: full steps of h = step / max|d|, then the
+    partial step; with ``WITH_GRAD`` also d value / d (s0, s1, s2, d0, d1, d2, tn, tf) (else not meaningful)."""
     a0 = tl.abs(d0)
     a1 = tl.abs(d1)
     a2 = tl.abs(d2)
@@ -127,7 +231,9 @@ def trilinear_kernel(vol, src, d, tn_ptr, tf_ptr, out, part, n_rays, ni, nj, nk,
             gd2 += a * fk
     a = tn + whole * h + 0.5 * rest
     v, fi, fj, fk = _sample(vol, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2, live)
-    tl.store(out + offs, acc * h + rest * v, mask=live)
+    value = acc * h + rest * v
+    gtn = tl.zeros([BLOCK], dtype=tl.float32)
+    gtf = tl.zeros([BLOCK], dtype=tl.float32)
     if WITH_GRAD:
         # d V_full / d alpha_k = h grad f_k . d with alpha_k = tn + (k + 1/2) h, so
         # d/d tn = h (d . S) and d/d h = V + d . D - tn (d . S)
@@ -152,15 +258,7 @@ def trilinear_kernel(vol, src, d, tn_ptr, tf_ptr, out, part, n_rays, ni, nj, nk,
         gd0 -= tl.where(is0, share / tl.where(is0, d0, 1.0), 0.0)
         gd1 -= tl.where(is1, share / tl.where(is1, d1, 1.0), 0.0)
         gd2 -= tl.where(is2, share / tl.where(is2, d2, 1.0), 0.0)
-        row = part + 8 * offs
-        tl.store(row, gs0, mask=live)
-        tl.store(row + 1, gs1, mask=live)
-        tl.store(row + 2, gs2, mask=live)
-        tl.store(row + 3, gd0, mask=live)
-        tl.store(row + 4, gd1, mask=live)
-        tl.store(row + 5, gd2, mask=live)
-        tl.store(row + 6, gtn, mask=live)
-        tl.store(row + 7, gtf, mask=live)
+    return value, gs0, gs1, gs2, gd0, gd1, gd2, gtn, gtf
 
 
 @triton.jit
@@ -187,17 +285,32 @@ def _siddon_axis(s, dd, tn, tf, n_axis, stride):
 @triton.jit
 def siddon_kernel(vol, src, d, tn_ptr, tf_ptr, out, part, n_rays, ni, nj, nk,
                   WITH_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-    """Exact radiological path (alpha units) of ``BLOCK`` rays: walk the sorted plane crossings (Jacobs' order)."""
+    """Exact radiological paths (alpha units) of ``BLOCK`` rays given as arrays, and their partials."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = offs < n_rays
-    s0 = tl.load(src + 3 * offs, mask=live, other=0.0)
-    s1 = tl.load(src + 3 * offs + 1, mask=live, other=0.0)
-    s2 = tl.load(src + 3 * offs + 2, mask=live, other=0.0)
-    d0 = tl.load(d + 3 * offs, mask=live, other=1.0)
-    d1 = tl.load(d + 3 * offs + 1, mask=live, other=1.0)
-    d2 = tl.load(d + 3 * offs + 2, mask=live, other=1.0)
-    tn = tl.load(tn_ptr + offs, mask=live, other=0.0)
-    tf = tl.load(tf_ptr + offs, mask=live, other=0.0)
+    s0, s1, s2, d0, d1, d2, tn, tf = _load_rays(src, d, tn_ptr, tf_ptr, offs, live)
+    value, g0, g1, g2, g3, g4, g5, g6, g7 = _siddon_ray(vol, ni, nj, nk, s0, s1, s2, d0, d1, d2, tn, tf, live,
+                                                        WITH_GRAD, BLOCK)
+    tl.store(out + offs, value, mask=live)
+    if WITH_GRAD:
+        _store_partials(part, offs, live, g0, g1, g2, g3, g4, g5, g6, g7)
+
+
+@triton.jit
+def siddon_camera_kernel(vol, cam, out, n_rays, pixels, cols, ni, nj, nk, BLOCK: tl.constexpr):
+    """DRR pixels (mm x 1/mm) of ``BLOCK`` rays built in the kernel from the per-pose table (no autograd)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < n_rays
+    s0, s1, s2, d0, d1, d2, tn, tf, length = _camera_rays(cam, offs, live, pixels, cols, ni, nj, nk)
+    value, g0, g1, g2, g3, g4, g5, g6, g7 = _siddon_ray(vol, ni, nj, nk, s0, s1, s2, d0, d1, d2, tn, tf, live,
+                                                        False, BLOCK)
+    tl.store(out + offs, value * length, mask=live)
+
+
+@triton.jit
+def _siddon_ray(vol, ni, nj, nk, s0, s1, s2, d0, d1, d2, tn, tf, live, WITH_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    """Exact radiological path (alpha units) of ``BLOCK`` rays: walk the sorted plane crossings (Jacobs'
+    order); with ``WITH_GRAD`` also d value / d (s0, s1, s2, d0, d1, d2, tn, tf) (else not meaningful)."""
     nij = ni * nj
     numel = nij * nk
     v0, c0, f0, i0, e0, q0 = _siddon_axis(s0, d0, tn, tf, ni, 1)
@@ -260,15 +373,6 @@ def siddon_kernel(vol, src, d, tn_ptr, tf_ptr, out, part, n_rays, ni, nj, nk,
         mu_cur = tl.where(on, mu_next, mu_cur)
         prev = tl.where(on, alpha, prev)
     total += (tf - prev) * mu_cur
-    tl.store(out + offs, total, mask=live)
     if WITH_GRAD:
         g_tf += mu_cur  # exit: weight mu_last - 0
-        row = part + 8 * offs
-        tl.store(row, g_s0, mask=live)
-        tl.store(row + 1, g_s1, mask=live)
-        tl.store(row + 2, g_s2, mask=live)
-        tl.store(row + 3, g_d0, mask=live)
-        tl.store(row + 4, g_d1, mask=live)
-        tl.store(row + 5, g_d2, mask=live)
-        tl.store(row + 6, g_tn, mask=live)
-        tl.store(row + 7, g_tf, mask=live)
+    return total, g_s0, g_s1, g_s2, g_d0, g_d1, g_d2, g_tn, g_tf
