@@ -266,8 +266,8 @@ def test_kernels_compile_for_hopper_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, str(script), "--storage", "fp32", "bf16"], capture_output=True,
                           text=True, env=env, timeout=300)
-    if done.returncode != 0 and ("ImportError" in done.stderr or "ModuleNotFoundError" in done.stderr):
-        pytest.skip(f"this triton cannot compile for NVIDIA GPUs here: {done.stderr.strip().splitlines()[-1]}")
+    if done.returncode == 3:  # see compile_kernels.py: another triton API, or no NVIDIA backend
+        pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert len(rows) == 12 and all(row["ptx_chars"] > 0 for row in rows)
