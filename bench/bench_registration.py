@@ -91,12 +91,12 @@ def main(argv=None) -> int:
     for backend in args.backends:
         options = RegistrationOptions(renderer=args.renderer, backend=backend)
         if args.device == "cuda":  # warm-up: Triton compiles its kernels on first use
-            register(volume, xray, detector, start.to(args.device), options)
+            register(volume, xray, detector, start, options)
         for index, pose0 in enumerate(starts):
             before = float(evaluation.mtre(pose0, target, points))
             sync()
             t0 = time.perf_counter()
-            result = register(volume, xray, detector, pose0.to(args.device), options)
+            result = register(volume, xray, detector, pose0, options)
             sync()
             seconds = time.perf_counter() - t0
             row = {"backend": backend, "start": index, "renderer": args.renderer, "seconds": seconds,
