@@ -232,6 +232,10 @@ def test_backend_choice_and_errors(monkeypatch):
     detector = Detector(4, 4, 900.0, (14.0, 14.0))
     pose = clinical_to_pose(0.3, -0.2, 400.0, volume.center.cpu())
     RegistrationOptions(backend="triton").validate()  # a registration can ask for it
+    from DiffRegLogic.drr import rays_per_tile
+
+    # memory per ray, not per sample: a 1536 x 1536 forward + backward is one tile within the default budget
+    assert rays_per_tile(volume, 1, "siddon", backend="triton") >= 1536 * 1536
     assert resolve_backend("auto", volume.mu) == ("triton" if DEVICE == "cuda" else "fused")
     with pytest.raises(InputError, match="float32, float16 or bfloat16"):
         render(Volume(volume.mu.double(), volume.affine), detector, pose, backend="triton")

@@ -61,9 +61,6 @@ DEFAULT_MAX_MEMORY_MB = 2048.0
 # Working memory of one tile: 256 MB was the fastest tile on 2 CPU cores for both renderers
 # (sweep of 32..2048 MB on the benchmark CT, 200 x 200 detector).
 TILE_MB = 256.0
-# Triton tiles: 256 MB of per-ray working memory = 699k rays (all of a 512 x 512 detector; a 1536 x 1536 one
-# in 4 launches). Not tuned: bench/gpu_session.sh measures it.
-TRITON_TILE_MB = 256.0
 
 
 def resolve_backend(backend: str, mu: torch.Tensor, mu_grad: bool = False) -> str:
@@ -144,13 +141,10 @@ def rays_per_tile(volume: Volume, n_poses: int, renderer: str = "siddon", step_v
 
     Reference: ``min(max_memory_mb, TILE_MB)`` of working memory (small
     tiles stay in cache). Fused: the whole budget, since its memory is per
-    ray, not per sample. Triton: ``min(max_memory_mb, TRITON_TILE_MB)``; its
-    memory is per ray too, and smaller tiles bound the peak of a forward
-    render without autograd (each tile's ray tensors are freed before the
-    next) while still filling the GPU.
+    ray, not per sample (Triton likewise; its renders without autograd build
+    their rays in the kernel and are not tiled at all).
     """
-    cap = (max_memory_mb if backend == "fused" else min(max_memory_mb, TRITON_TILE_MB) if backend == "triton"
-           else min(max_memory_mb, TILE_MB))
+    cap = max_memory_mb if backend in FUSED_BACKENDS else min(max_memory_mb, TILE_MB)
     return max(1, int(cap * 2**20 // bytes_per_ray(volume, n_poses, renderer, step_voxels, backend)))
 
 
