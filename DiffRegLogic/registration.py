@@ -106,7 +106,7 @@ class RegistrationOptions:
     seed: int = 0
     step_voxels: float = 1.0
     max_memory_mb: float = 2048.0
-    backend: str = "auto"  # renderer backend: auto | fused (CPU, numba) | reference (PyTorch)
+    backend: str = "auto"  # renderer backend: auto | fused (CPU, numba) | triton (CUDA) | reference (PyTorch)
 
     def validate(self) -> None:
         from .drr import BACKENDS

