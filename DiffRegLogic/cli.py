@@ -187,7 +187,7 @@ def _model(args, volume: Volume) -> tuple[Volume, str]:
 
     implants = _implants(args.implant)
     if implants and volume.labels is None:
-        raise InputError("--implant needs --labels (a label map on the CT grid)")
+        raise InputError("--implant needs a label map on the CT grid: give --labels (diffreg render takes one)")
     thresholds = MaterialThresholds(args.air_max_hu, args.bone_min_hu, args.soft_width_hu)
     model = MaterialVolume.from_volume(volume.to("cpu"), _beam(args), _hu_to_mu(args), thresholds=thresholds,
                                        implants=implants or None)
