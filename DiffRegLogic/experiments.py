@@ -94,12 +94,17 @@ def _check_case(volume, xray, detector, true_pose) -> tuple[torch.Tensor, torch.
     xray = xray.to(device=volume.mu.device, dtype=volume.mu.dtype)
     if not torch.isfinite(xray).all():
         raise InputError("the X-ray contains NaN or infinite pixels; fix them before running the experiment")
+    return xray, _true_pose(true_pose)
+
+
+def _true_pose(true_pose) -> torch.Tensor:
+    """The true pose as one (4, 4) float64 CPU matrix (InputError otherwise)."""
     pose = geometry.check_pose(true_pose, name="true pose").to(torch.float64).cpu()
     if pose.ndim == 3:
         if pose.shape[0] != 1:
             raise InputError(f"the true pose must be one (4, 4) matrix, got {tuple(pose.shape)}")
         pose = pose[0]
-    return xray, pose
+    return pose
 
 
 def _nonnegative(value, name: str) -> float:
@@ -640,13 +645,15 @@ def polychromatic(
 
     if not isinstance(volume, Volume) or isinstance(volume, MaterialVolume):
         raise InputError("polychromatic() takes the monochromatic Volume of the CT; it builds the materials itself")
+    if not isinstance(detector, Detector):
+        raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
     beam = beam or Beam(tube_spectrum(80))
     realism = realism or Realism(photons_per_pixel=2e4, blur_mm=0.5, seed=int(seed))
     n, batch = _count(n, "n"), _count(batch, "batch")
     max_rot = _nonnegative(max_rotation_deg, "max_rotation_deg")
     max_trans = _nonnegative(max_translation_mm, "max_translation_mm")
     materials = MaterialVolume.from_volume(volume, beam, hu_to_mu)
-    _, pose = _check_case(volume, torch.zeros(detector.shape), detector, true_pose)
+    pose = _true_pose(true_pose)
     renderer = (options or {}).get("renderer", "siddon")
     with torch.no_grad():
         xray = simulate_radiograph(materials, detector, pose, realism, renderer)[0]

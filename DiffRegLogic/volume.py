@@ -193,6 +193,17 @@ class Volume:
 _PYRAMIDS: dict[int, tuple[weakref.ref, dict]] = {}
 
 
+def tensor_cache(registry: dict[int, tuple[weakref.ref, dict]], tensor: torch.Tensor) -> dict:
+    """The dict of derived values ``registry`` keeps for ``tensor``: keyed on its identity, held weakly
+    (the entry is dropped when the tensor dies, and a new tensor reusing the id gets a fresh dict)."""
+    entry = registry.get(id(tensor))
+    if entry is None or entry[0]() is not tensor:
+        entry = (weakref.ref(tensor), {})
+        registry[id(tensor)] = entry
+        weakref.finalize(tensor, registry.pop, id(tensor), None)
+    return entry[1]
+
+
 def downsample_cached(volume: Volume, factors: tuple[float, float, float]) -> Volume:
     """`Volume.downsample` remembered per volume (same mu tensor, unmodified, same affine, same factors)."""
     if tuple(factors) == (1.0, 1.0, 1.0):
@@ -202,12 +213,7 @@ def downsample_cached(volume: Volume, factors: tuple[float, float, float]) -> Vo
         return volume.downsample(factors)
     key = (tuple(float(f) for f in factors), mu._version, tuple(volume.affine.flatten().tolist()),
            None if volume.labels is None else id(volume.labels), getattr(volume, "beam", None))
-    entry = _PYRAMIDS.get(id(mu))
-    if entry is None or entry[0]() is not mu:
-        entry = (weakref.ref(mu), {})
-        _PYRAMIDS[id(mu)] = entry
-        weakref.finalize(mu, _PYRAMIDS.pop, id(mu), None)
-    levels = entry[1]
+    levels = tensor_cache(_PYRAMIDS, mu)
     if key not in levels:
         for stale in [k for k in levels if k[1:] != key[1:]]:
             del levels[stale]

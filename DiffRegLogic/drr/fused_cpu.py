@@ -485,11 +485,8 @@ def integrate(mu: torch.Tensor, rays, renderer: str = "siddon", step_voxels: flo
         raise RuntimeError("the fused CPU renderer needs numba: pip install numba")
     if mu.requires_grad and torch.is_grad_enabled():
         raise ValueError("the fused CPU renderer has no gradient w.r.t. mu; use backend='reference'")
-    d = rays.direction
-    b, r, _ = d.shape
-    src = rays.source.expand(b, r, 3)
-    value = _FusedIntegral.apply(mu, src.reshape(-1, 3), d.reshape(-1, 3), rays.t_near.reshape(-1),
-                                 rays.t_far.reshape(-1), renderer, step_voxels)
+    b, r = rays.direction.shape[:2]
+    value = _FusedIntegral.apply(mu, *rays.flat(), renderer, step_voxels)
     return value.reshape(b, r) * rays.length_mm
 
 

@@ -41,6 +41,8 @@ import weakref
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..volume import tensor_cache
+
 # Working memory per ray (bytes) of a forward+backward through `render`: the float32 ray tensors that
 # autograd keeps (pixel, camera and world points, source, direction, length, t_near, t_far and the
 # intermediates of their construction), the (N, 8) partials and the output. An upper-bound estimate
@@ -111,12 +113,7 @@ def storage(mu: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         return mu.detach().contiguous()
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"volume_dtype must be one of {STORAGE_DTYPES}, got {dtype}")
-    entry = _STORAGE.get(id(mu))
-    if entry is None or entry[0]() is not mu:
-        entry = (weakref.ref(mu), {})
-        _STORAGE[id(mu)] = entry
-        weakref.finalize(mu, _STORAGE.pop, id(mu), None)
-    copies = entry[1]
+    copies = tensor_cache(_STORAGE, mu)
     key = (dtype, mu._version)
     if key not in copies:
         copies.clear()
@@ -253,9 +250,6 @@ def integrate(mu: torch.Tensor, rays, renderer: str = "siddon", step_voxels: flo
     if renderer == "trilinear" and not (step_voxels > 0):
         raise ValueError(f"step_voxels must be positive, got {step_voxels}")
     vol = storage(mu, volume_dtype)
-    d = rays.direction
-    b, r, _ = d.shape
-    src = rays.source.expand(b, r, 3)
-    value = _TritonIntegral.apply(vol, src.reshape(-1, 3), d.reshape(-1, 3), rays.t_near.reshape(-1),
-                                  rays.t_far.reshape(-1), renderer, step_voxels)
+    b, r = rays.direction.shape[:2]
+    value = _TritonIntegral.apply(vol, *rays.flat(), renderer, step_voxels)
     return value.reshape(b, r) * rays.length_mm

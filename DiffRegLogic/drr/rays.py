@@ -41,6 +41,13 @@ class RayBundle:
     t_near: torch.Tensor
     t_far: torch.Tensor
 
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(source (N, 3), direction (N, 3), t_near (N,), t_far (N,)), one row per ray, N = B R: what the
+        fused kernels take."""
+        b, r, _ = self.direction.shape
+        return (self.source.expand(b, r, 3).reshape(-1, 3), self.direction.reshape(-1, 3),
+                self.t_near.reshape(-1), self.t_far.reshape(-1))
+
 
 def pixel_rays(volume: Volume, detector: Detector, pose: torch.Tensor, pixels: torch.Tensor,
                dtype: torch.dtype | None = None) -> RayBundle:
