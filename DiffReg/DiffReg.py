@@ -5,6 +5,14 @@ thin layer: every action calls the engine through `DiffRegLogic.mrml`, which
 is tested outside the application against real MRML. The engine package
 `DiffRegLogic` sits beside this file in the packaged extension, and one folder
 up in a source checkout (added to ``sys.path`` below).
+
+Slicer runs this file as the Python module ``DiffReg`` and finds the classes by
+name (``DiffReg``, ``DiffRegWidget``, ...); the logic class must be called
+``DiffRegLogic`` (its module name, hence its parameter node, is the class name
+without "Logic"). That class rebinds the global name ``DiffRegLogic``, so the
+engine is only ever reached through ``from DiffRegLogic... import ...``
+statements, which the import system resolves in ``sys.modules``, never
+through the bare name (a test checks this).
 """
 
 import importlib.util
@@ -36,7 +44,7 @@ def _addEngineToPath() -> None:
 
 
 _addEngineToPath()
-from DiffRegLogic import settings  # noqa: E402  (torch-free; the rest of the engine is imported on first use)
+from DiffRegLogic.mrml import settings  # noqa: E402  (no torch, no VTK; the rest of the engine: on first use)
 
 README_URL = "https://github.com/diffreg/diffreg#readme"
 TORCH_REQUIREMENT = ">=2.1"
@@ -82,9 +90,11 @@ class DiffReg(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class DiffRegParameterNode:
-    """Every setting of the panel (same names, defaults and choices as DiffRegLogic.settings.Setup).
+    """Every setting of the panel (same names, defaults and choices as DiffRegLogic.mrml.settings.Setup).
 
-    Units: mm, degrees, pixels. Zero geometry numbers mean "read from the X-ray".
+    The choices of renderer, similarity, optimiser and intensity convention are
+    the engine's registries (through `settings`). Units: mm, degrees, pixels.
+    Zero geometry numbers mean "read from the X-ray".
     """
 
     # inputs
@@ -261,8 +271,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRenderButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to render the DRR."), waitCursor=True):
             ensureDependencies(self.resourcePath("requirements.txt"))
-            node = self._parameterNode
-            self._runWithMemoryFallback(node, lambda: self.logic.renderPreview(node))
+            self.logic.renderPreview(self._parameterNode, confirmCpuRetry=self._confirmCpuRetry)
             self._showOverlay(fit=True)
             self.ui.statusLabel.text = _("DRR rendered at the initial pose")
 
@@ -273,8 +282,8 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setRunning(True)
             self._runIterations = max(1, node.iterations)
             try:
-                done = self._runWithMemoryFallback(
-                    node, lambda: self.logic.register(node, self._onProgress, self._isCancelRequested))
+                done = self.logic.register(node, self._onProgress, self._isCancelRequested,
+                                           confirmCpuRetry=self._confirmCpuRetry)
             finally:
                 self._setRunning(False)
             result = done.result
@@ -303,18 +312,10 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- helpers --------------------------------------------------------
 
-    def _runWithMemoryFallback(self, node, action):
-        """Run ``action``; on running out of GPU memory offer to retry on the CPU."""
-        from DiffRegLogic import mrml
-
-        try:
-            return action()
-        except mrml.OutOfMemory as error:
-            if node.device == "cpu" or not slicer.util.confirmYesNoDisplay(
-                    _("{error}\n\nRetry on the CPU?").format(error=error)):
-                raise
-            node.device = "cpu"
-            return action()
+    @staticmethod
+    def _confirmCpuRetry(message: str) -> bool:
+        """Asked when a run went out of GPU memory: retry this run on the CPU (the Device setting stays)?"""
+        return slicer.util.confirmYesNoDisplay(message)
 
     def _setRunning(self, running: bool) -> None:
         self._running = running
@@ -375,7 +376,7 @@ def ensureDependencies(requirementsPath: str) -> None:
     if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):
         slicerPackaging.pip_ensure(slicerPackaging.load_requirements(requirementsPath), requester="DiffReg")
         return
-    from DiffRegLogic import dependencies
+    from DiffRegLogic.mrml import dependencies
 
     missing = dependencies.missing_requirements(dependencies.read_requirements(requirementsPath))
     if not missing:
@@ -392,10 +393,12 @@ def ensureDependencies(requirementsPath: str) -> None:
 
 
 class DiffRegLogic(ScriptedLoadableModuleLogic):
-    """Thin: turns the parameter node into a Setup and calls DiffRegLogic.mrml. No GUI calls.
+    """Thin: turns the parameter node into a Setup and calls the engine's MRML bridge. No GUI calls.
 
     The engine is imported inside the methods, after the widget made sure
-    torch is installed.
+    torch is installed. Named by the template (module name = class name
+    without "Logic"); the engine package of the same name is only imported by
+    name (``from DiffRegLogic import mrml``), never used through this global.
     """
 
     def __init__(self) -> None:
@@ -411,43 +414,78 @@ class DiffRegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _storeOutputs(parameterNode, setup) -> None:
-        if parameterNode.outputTransform is not setup.outputTransform:
+        """Output nodes the engine created for ``setup`` go into the parameter node (the next run reuses them)."""
+        if setup.outputTransform is not None and parameterNode.outputTransform is not setup.outputTransform:
             parameterNode.outputTransform = setup.outputTransform
-        if parameterNode.outputDrr is not setup.outputDrr:
+        if setup.outputDrr is not None and parameterNode.outputDrr is not setup.outputDrr:
             parameterNode.outputDrr = setup.outputDrr
+
+    def _runWithCpuFallback(self, parameterNode, action, confirmCpuRetry=None):
+        """``action(setup)`` on the Setup of the parameter node, retried on the CPU when it runs out of GPU memory.
+
+        The retry (only when ``confirmCpuRetry(message)`` returns True) runs
+        on a copy of the Setup with device "cpu"
+        (`DiffRegLogic.mrml.with_cpu_fallback`): the parameter node keeps the
+        user's device. Output nodes any attempt created are stored in the
+        parameter node.
+        """
+        from DiffRegLogic import mrml
+
+        def attempt(setup):
+            try:
+                result = action(setup)
+            finally:
+                self._storeOutputs(parameterNode, setup)
+            if setup.device != parameterNode.device:
+                logging.info("DiffReg: ran on the %s after running out of memory (Device stays %r)", setup.device,
+                             parameterNode.device)
+            return result
+
+        setup = settings.Setup.from_object(parameterNode)
+        return mrml.with_cpu_fallback(setup, attempt, confirmCpuRetry or (lambda message: False))
 
     def fillGeometry(self, parameterNode, overwrite: bool = True) -> str:
         """Geometry fields from the X-ray (what it states replaces the current values; the rest is kept)."""
         from DiffRegLogic import mrml
 
         setup = settings.Setup.from_object(parameterNode)
+        before = settings.Setup.from_object(parameterNode)
         geo = mrml.fill_geometry(setup, self._fileForInstance, overwrite=overwrite)
         with slicer.util.NodeModify(parameterNode):  # one Modified event for all fields
-            for name in ("sdd", "pixelSpacingRow", "pixelSpacingColumn", "primaryAngle", "secondaryAngle",
-                         "sourceToIsocenter"):
-                value = float(getattr(setup, name))  # the wrapper accepts Python floats only
-                if getattr(parameterNode, name) != value:
-                    setattr(parameterNode, name, value)
+            for name in settings.Setup.field_names():  # write back exactly the fields the engine filled in
+                value = getattr(setup, name)
+                if name not in settings.NODE_FIELDS and value != getattr(before, name):
+                    # the wrapper takes the field's own Python type (float, not a numpy scalar)
+                    setattr(parameterNode, name, type(getattr(before, name))(value))
         source = _("DICOM tags of {path}").format(path=geo.source) if geo.source != "node" else _("the node spacing")
         return _("Geometry read from {source}").format(source=source)
 
-    def renderPreview(self, parameterNode):
-        """DRR at the initial pose into the output nodes (created when empty)."""
+    def renderPreview(self, parameterNode, confirmCpuRetry=None):
+        """DRR at the initial pose into the output nodes (created when empty).
+
+        Out of GPU memory: once more on the CPU when ``confirmCpuRetry(message)``
+        returns True; the parameter node keeps its device.
+        """
         from DiffRegLogic import mrml
 
-        setup = settings.Setup.from_object(parameterNode)
-        outputs = mrml.render_preview(slicer.mrmlScene, setup, file_for_instance=self._fileForInstance)
-        self._storeOutputs(parameterNode, setup)
-        return outputs
+        def render(setup):
+            return mrml.render_preview(slicer.mrmlScene, setup, file_for_instance=self._fileForInstance)
 
-    def register(self, parameterNode, progress=None, cancel=None):
-        """Register; returns DiffRegLogic.mrml.SceneResult. ``progress(Progress, text)``, ``cancel() -> bool``."""
+        return self._runWithCpuFallback(parameterNode, render, confirmCpuRetry)
+
+    def register(self, parameterNode, progress=None, cancel=None, confirmCpuRetry=None):
+        """Register; returns the engine's SceneResult. ``progress(Progress, text)``, ``cancel() -> bool``.
+
+        Out of GPU memory: once more on the CPU when ``confirmCpuRetry(message)``
+        returns True; the parameter node keeps its device.
+        """
         from DiffRegLogic import mrml
 
-        setup = settings.Setup.from_object(parameterNode)
-        done = mrml.run_registration(slicer.mrmlScene, setup, progress=progress, cancel=cancel,
-                                     file_for_instance=self._fileForInstance)
-        self._storeOutputs(parameterNode, setup)
+        def run(setup):
+            return mrml.run_registration(slicer.mrmlScene, setup, progress=progress, cancel=cancel,
+                                         file_for_instance=self._fileForInstance)
+
+        done = self._runWithCpuFallback(parameterNode, run, confirmCpuRetry)
         logging.info("DiffReg: %s", done.message)
         return done
 
@@ -487,7 +525,7 @@ class DiffRegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Starting the DiffReg self-test")
         if importlib.util.find_spec("torch") is None:
             self.skipTest("PyTorch is not installed: install the PyTorch extension and press Render DRR once")
-        from DiffRegLogic import selftest
+        from DiffRegLogic.mrml import selftest
 
         logic = DiffRegLogic()
         case = selftest.build_case(slicer.mrmlScene)

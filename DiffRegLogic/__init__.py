@@ -1,27 +1,46 @@
 """DiffReg engine: differentiable DRRs and 2D/3D CT-to-X-ray registration.
 
 No Qt and no Slicer here; the Slicer module and the command line tool are thin
-layers over these modules. The geometry convention is stated once in
-`DiffRegLogic.geometry` and the README.
+layers over these subpackages, in import order:
 
-The names below are imported on first use, so that torch-free modules
-(`DiffRegLogic.settings`, `DiffRegLogic.errors`) can be imported where torch
-is not installed yet (the Slicer module before its dependencies are set up).
+* `geometry`: the detector, rigid maths, pose parameterisations, C-arm and
+  clinical angles, pose sampling, geometry/pose JSON;
+* `volume`: the CT (`Volume`), HU -> mu, CT files, phantoms;
+* `physics`: attenuation tables, tube spectra, detector response, materials, realism;
+* `drr`: `render`, the backend table, the Siddon/trilinear kernels (PyTorch,
+  numba, Triton), the Jacobian, `DRR` (an ``nn.Module``);
+* `xray`: the `XRay` type, readers, DICOM, intensity conventions, writing images;
+* `similarity`: the measures, their name tables and the `Measure` plug point;
+* `registration`: `register`, options, initialisers, level optimisers, the pyramid;
+* `learning`: the room for learned initialisers and similarities;
+* `evaluation`: mTRE, mPD, pose errors, success rates;
+* `figures`: overlays, checkerboards, line charts;
+* `experiments`: the seed paper's experiments and the demo scenario;
+* `cli`: the ``diffreg`` command, one module per command;
+* `mrml`: the bridge to 3D Slicer's MRML nodes (plus the panel's torch-free settings).
+
+The geometry convention is stated once in `DiffRegLogic.geometry` and the
+README. The names below are imported on first use, so that torch-free
+modules (`DiffRegLogic.mrml.settings`, `DiffRegLogic.errors`, the CLI's
+parser) load where torch is not installed yet or is not needed. Module paths
+of version 0.1 that moved (``DiffRegLogic.io``, ``.settings``, ...) still
+import (`_compat`).
 """
 
-from importlib import import_module
+from . import _compat
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["render", "Detector", "Volume", "HUToMu", "InputError", "__version__"]
 
-_LAZY = {"render": ".drr", "Detector": ".geometry", "Volume": ".volume", "HUToMu": ".volume", "InputError": ".errors"}
+_compat.install()
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".drr": "render DRR",
+    ".geometry": "Detector",
+    ".volume": "Volume HUToMu",
+    ".errors": "InputError",
+    ".registration": "register register_batch RegistrationOptions make_options",
+    ".similarity": "Measure",
+    ".xray": "XRay read_xray",
+})
+__all__ = sorted(__getattr__.table) + ["__version__"]

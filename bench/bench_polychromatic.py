@@ -29,7 +29,7 @@ from bench_render import load_ct, ours, timed  # noqa: E402
 
 from DiffRegLogic import Detector, Volume  # noqa: E402
 from DiffRegLogic.geometry import spherical_carm_to_pose  # noqa: E402
-from DiffRegLogic.materials import MaterialVolume  # noqa: E402
+from DiffRegLogic.physics.materials import MaterialVolume  # noqa: E402
 from DiffRegLogic.physics import Beam, tube_spectrum  # noqa: E402
 
 

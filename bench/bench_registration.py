@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_render import load_ct  # noqa: E402
 
 from DiffRegLogic import Detector, Volume, evaluation, render  # noqa: E402
-from DiffRegLogic.cli import DEMO_PERTURBATION  # noqa: E402
+from DiffRegLogic.experiments.demo import DEMO_PERTURBATION  # noqa: E402
 from DiffRegLogic.geometry import euler_to_matrix, motion_about_center, spherical_carm_to_pose  # noqa: E402
 from DiffRegLogic.registration import (RegistrationOptions, perturb_pose, random_motions,  # noqa: E402
                                        register)

@@ -43,8 +43,8 @@ import peers  # noqa: E402
 
 from DiffRegLogic import Detector, Volume, render  # noqa: E402
 from DiffRegLogic.geometry import pose_from_se3_about, spherical_carm_to_pose  # noqa: E402
-from DiffRegLogic.io import read_ct_array  # noqa: E402
-from DiffRegLogic.phantoms import chest_phantom_hu  # noqa: E402
+from DiffRegLogic.volume.io import read_ct_array  # noqa: E402
+from DiffRegLogic.volume.phantoms import chest_phantom_hu  # noqa: E402
 
 
 def load_ct(name: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -157,7 +157,7 @@ def box_chords_mm(source: np.ndarray, targets: np.ndarray, affine: np.ndarray, l
 def accuracy_rows(args, available) -> list[dict]:
     """Each renderer's max relative deviation from the closed form on a uniform box (1000 HU, AP view)."""
     from DiffRegLogic.geometry import backproject, pixel_grid
-    from DiffRegLogic.phantoms import grid_affine
+    from DiffRegLogic.volume.phantoms import grid_affine
 
     shape_ijk, lo, hi = (160, 140, 100), (30, 25, 15), (129, 114, 84)
     hu = np.full(shape_ijk[::-1], -1000.0, dtype=np.float32)

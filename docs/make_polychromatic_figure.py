@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from DiffRegLogic import Detector, render
-from DiffRegLogic.cli import DEMO_DETECTOR, demo_poses
+from DiffRegLogic.experiments.demo import DEMO_DETECTOR, demo_poses
 from DiffRegLogic.figures import grey, panel_row, save_png
-from DiffRegLogic.materials import MaterialVolume
-from DiffRegLogic.phantoms import chest_phantom
+from DiffRegLogic.physics.materials import MaterialVolume
+from DiffRegLogic.volume.phantoms import chest_phantom
 from DiffRegLogic.physics import Beam, tube_spectrum
-from DiffRegLogic.realism import Realism, simulate_radiograph
+from DiffRegLogic.drr.radiograph import simulate_radiograph
+from DiffRegLogic.physics.realism import Realism
 
 OUT = Path(__file__).resolve().parent / "polychromatic" / "radiographs.png"
 

@@ -1,4 +1,6 @@
-"""Render docs/slicer_overlay.png: what the DiffReg panel shows in a slice view, through the real MRML path.
+"""Render Resources/Screenshots/slicer_overlay.png: what the DiffReg panel shows in a slice view, through real MRML.
+
+The extension catalog shows this image (EXTENSION_SCREENSHOTURLS in the top-level CMakeLists.txt).
 
 The Slicer application cannot run here, so the figure is composed from the
 output nodes the module fills (X-ray copy and DRR on the detector plane) in a
@@ -20,8 +22,11 @@ import torch
 from DiffRegLogic import evaluation, figures, mrml
 from DiffRegLogic.drr import render
 from DiffRegLogic.geometry import Detector, clinical_to_pose
-from DiffRegLogic.phantoms import chest_phantom_hu
-from DiffRegLogic.settings import Setup
+from DiffRegLogic.volume.phantoms import chest_phantom_hu
+from DiffRegLogic.mrml.settings import Setup
+
+OUTPUT = Path(__file__).resolve().parents[1] / "Resources" / "Screenshots" / "slicer_overlay.png"
+"""Where the figure goes by default: the extension-level screenshot the catalog points to."""
 
 
 def main(out: Path) -> None:
@@ -58,4 +63,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("slicer_overlay.png"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT)

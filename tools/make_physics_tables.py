@@ -1,4 +1,4 @@
-"""Generate the physics tables shipped in ``DiffRegLogic/data`` (run once, by a maintainer).
+"""Generate the physics tables shipped in ``DiffRegLogic/physics/data`` (run once, by a maintainer).
 
     python -m venv /tmp/phys && /tmp/phys/bin/pip install xraydb==4.5.8 spekpy==2.5.4
     /tmp/phys/bin/python tools/make_physics_tables.py
@@ -27,7 +27,7 @@ import numpy as np
 import spekpy
 import xraydb
 
-OUT = Path(__file__).resolve().parents[1] / "DiffRegLogic" / "data"
+OUT = Path(__file__).resolve().parents[1] / "DiffRegLogic" / "physics" / "data"
 
 # Mass fractions and nominal densities (g/cm^3), NIST "Composition of Materials" (ICRU-44 tissues).
 MATERIALS = {

@@ -41,7 +41,7 @@ import weakref
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..volume import tensor_cache
+from ..volume.cache import tensor_cache
 
 # Working memory per ray (bytes) of a forward+backward through `render`: the float32 ray tensors that
 # autograd keeps (pixel, camera and world points, source, direction, length, t_near, t_far and the

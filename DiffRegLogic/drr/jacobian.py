@@ -20,9 +20,11 @@ from typing import Callable
 import torch
 
 from ..errors import InputError
-from ..geometry import Detector
-from ..materials import MaterialVolume
-from ..volume import Volume
+from ..geometry.detector import Detector
+from ..physics.materials import MaterialVolume
+from ..volume.ct import Volume
+from . import polychromatic
+from .backends import DEFAULT_MAX_MEMORY_MB, field_integrator, ray_dtype_for, rays_per_tile, resolve_backend
 from .rays import RayBundle, clip_to_box, detector_pixels
 
 
@@ -82,13 +84,11 @@ def render_with_jacobian(
         both detached, in the dtype of ``volume.mu`` (for a `MaterialVolume`:
         its polychromatic signal, chained through each channel's Jacobian).
     """
-    from . import DEFAULT_MAX_MEMORY_MB, _field_integrator, polychromatic, ray_dtype_for, rays_per_tile, resolve_backend
-
     if params.ndim != 2:
         raise InputError(f"params must be (B, P), got shape {tuple(params.shape)}")
     field = volume.densities if isinstance(volume, MaterialVolume) else volume.mu
     backend = resolve_backend(backend, field)
-    integrate = _field_integrator(renderer, step_voxels, backend, field)
+    integrate = field_integrator(renderer, step_voxels, backend, field)
     n_channels = field.shape[0] if field.ndim == 4 else 1
     dtype, device = volume.mu.dtype, volume.mu.device
     ray_dtype = ray_dtype_for(backend, volume.mu)  # as in render()

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import Detector
-from ..materials import MaterialVolume
+from ..geometry.detector import Detector
+from ..physics.materials import MaterialVolume
 
 MM_TO_CM = 0.1
 

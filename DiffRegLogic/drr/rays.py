@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..geometry import Detector, backproject, pixel_grid
-from ..volume import Volume
+from ..geometry.detector import Detector, backproject, pixel_grid
+from ..volume.ct import Volume
 
 # A direction component smaller than this (index units per unit alpha) is
 # treated as parallel to the slab: its entry/exit parameters become huge.

@@ -1,0 +1,142 @@
+"""``diffreg experiment landscape|robustness|polychromatic``: the seed paper's experiments as CSV, Markdown, PNG."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+from .options import PHANTOM, POLYCHROMATIC, add_engine_options, add_hu_options, add_physics_options, add_realism_options
+
+NEAR_STARTS = (10.0, 20.0)
+"""Start range (deg, mm) of the polychromatic experiment: the model's accuracy, not the capture range."""
+WIDE_STARTS = (45.0, 60.0)
+"""Start range (deg, mm) of the robustness experiment and the landscape's axes (the seed paper's)."""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("experiment", help="the seed paper's experiments: similarity landscape, robustness to the start")
+    p.add_argument("kind", choices=["landscape", "robustness", "polychromatic"],
+                   help="polychromatic: a realistic simulated X-ray registered with mono- and polychromatic DRRs")
+    p.add_argument("--out", required=True, help="output folder (CSV, Markdown, PNG)")
+    p.add_argument("--ct", default=PHANTOM, help="CT file or 'phantom' (default)")
+    p.add_argument("--xray", default=None, help="X-ray (default: a DRR of the CT at the true pose)")
+    p.add_argument("--geometry", default=None, help="detector geometry JSON (default: the demo's 200x200 detector)")
+    p.add_argument("--truth", default=None, help="true pose JSON (default: the demo's target pose)")
+    p.add_argument("--similarities", nargs="+", default=["zncc"], help="similarities (robustness uses the first)")
+    p.add_argument("--optimizers", nargs="+", default=["adam", "gddm", "gdm", "gd"], help="robustness: optimisers")
+    p.add_argument("--n", type=int, default=100, help="robustness: random starts (default 100)")
+    p.add_argument("--max-rot", type=float, default=None,
+                   help=f"range of the rotation offsets, deg (default {WIDE_STARTS[0]:g}; polychromatic: "
+                        f"{NEAR_STARTS[0]:g})")
+    p.add_argument("--max-trans", type=float, default=None,
+                   help=f"range of the translation offsets, mm (default {WIDE_STARTS[1]:g}; polychromatic: "
+                        f"{NEAR_STARTS[1]:g})")
+    p.add_argument("--points", type=int, default=41, help="landscape: samples per axis (default 41)")
+    p.add_argument("--levels", type=float, nargs="+", default=[8.0, 4.0, 2.0],
+                   help="robustness: pyramid levels (default 8 4 2: the full-size level is left out for speed)")
+    p.add_argument("--iterations", type=int, default=150, help="robustness: iteration cap per level")
+    p.add_argument("--batch", type=int, default=25, help="robustness: starts registered together (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="robustness: seed of the starts (default 0)")
+    add_engine_options(p)
+    add_physics_options(p)
+    add_hu_options(p)
+    add_realism_options(p, blur_default="0; polychromatic: 0.5 when --noise-photons is not given")
+    p.set_defaults(func=run, check=check)
+    return p
+
+
+def check(args) -> None:
+    if args.kind == "polychromatic" and args.xray is not None:
+        raise InputError("the polychromatic experiment simulates its X-ray; drop --xray")
+
+
+def start_range(args) -> tuple[float, float]:
+    """(max rotation deg, max translation mm) of the starts: the user's, else the experiment's default.
+
+    Computed, not written back into ``args``: the namespace the user passed stays as given.
+    """
+    near = args.kind == "polychromatic"
+    rot, trans = NEAR_STARTS if near else WIDE_STARTS
+    return (rot if args.max_rot is None else args.max_rot, trans if args.max_trans is None else args.max_trans)
+
+
+def _case(args, device):
+    """CT, X-ray and true pose of an experiment: given files, or the demo's phantom and target."""
+    import torch
+
+    from ..drr.rendering import render
+    from ..experiments.demo import demo_detector, demo_poses
+    from ..geometry.files import read_geometry, read_pose
+    from .common import dtype_of, hu_conversion, load_ct, model
+
+    volume = load_ct(args.ct, hu_conversion(args), dtype_of(args.dtype)).to(device)
+    if args.kind != "polychromatic":
+        volume, _ = model(args, volume)
+    center = volume.center.to(torch.float64).cpu()
+    detector = read_geometry(args.geometry) if args.geometry is not None else demo_detector()
+    truth = read_pose(args.truth).reshape(4, 4) if args.truth is not None else demo_poses(center)[0]
+    if args.xray is not None and args.kind != "polychromatic":
+        from ..xray.image import check_xray
+        from ..xray.readers import read_xray
+
+        image = read_xray(args.xray).image
+        check_xray(image, detector)
+        image = image.to(device=device, dtype=volume.mu.dtype)
+    elif args.kind == "polychromatic":
+        image = None  # the experiment simulates its own X-ray
+    else:
+        with torch.no_grad():
+            image = render(volume, detector, truth, args.tracer if args.renderer == POLYCHROMATIC else args.renderer,
+                           step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb)[0]
+    return volume, image, detector, truth
+
+
+def run(args) -> int:
+    from dataclasses import replace
+
+    from .. import experiments
+    from ..devices import resolve_device
+    from .common import DEFAULT_EXPERIMENT_BLUR_MM, DEFAULT_EXPERIMENT_PHOTONS, beam_of, hu_conversion, realism_of
+    from .app import imports_done
+
+    imports_done()
+    device = resolve_device(args.device)
+    volume, image, detector, truth = _case(args, device)
+    out = Path(args.out)
+    ct_name = "built-in chest phantom" if args.ct == PHANTOM else str(args.ct)
+    tracer = args.tracer if args.renderer == POLYCHROMATIC else args.renderer
+    max_rot, max_trans = start_range(args)
+    common = dict(levels=tuple(args.levels), renderer=tracer, similarity=args.similarities[0],
+                  max_iterations=args.iterations, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb)
+    if args.kind == "polychromatic":
+        realism = realism_of(args)
+        if args.noise_photons is None:
+            blur = DEFAULT_EXPERIMENT_BLUR_MM if args.blur_mm is None else args.blur_mm
+            realism = replace(realism, photons_per_pixel=DEFAULT_EXPERIMENT_PHOTONS, blur_mm=blur)
+        report = experiments.polychromatic(volume, detector, truth, out, beam=beam_of(args), realism=realism,
+                                           hu_to_mu=hu_conversion(args), n=args.n, max_rotation_deg=max_rot,
+                                           max_translation_mm=max_trans, seed=args.seed,
+                                           options=dict(common, optimizer=args.optimizers[0]),
+                                           batch=args.batch, ct_name=ct_name)
+    elif args.kind == "landscape":
+        report = experiments.landscape(volume, image, detector, truth, out, similarities=tuple(args.similarities),
+                                       renderer=tracer, rotation_range_deg=max_rot,
+                                       translation_range_mm=max_trans, n_points=args.points)
+    else:
+        report = experiments.robustness(volume, image, detector, truth, out, optimizers=tuple(args.optimizers),
+                                        n=args.n, max_rotation_deg=max_rot, max_translation_mm=max_trans,
+                                        seed=args.seed, options=common, batch=args.batch, ct_name=ct_name)
+    written = sorted(str(v) for v in _paths(report))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def _paths(report) -> list:
+    found = []
+    if isinstance(report, dict):
+        for value in report.values():
+            found += _paths(value)
+    elif isinstance(report, (str, Path)) and str(report).endswith((".csv", ".md", ".png")):
+        found.append(report)
+    return found

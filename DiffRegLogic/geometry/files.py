@@ -1,0 +1,115 @@
+"""Geometry and pose as JSON files: the detector (``geometry.json``) and ``camera_from_world`` (``pose.json``).
+
+Formats (see ``docs/formats.md``)::
+
+    geometry.json  {"source_to_detector_mm": 1020, "rows": 200, "cols": 200,
+                    "pixel_spacing_mm": [row_mm, col_mm], "principal_point_px": [col_px, row_px] (optional)}
+    pose.json      {"camera_from_world": [[...4 numbers...] x 4]}   (mm, RAS world)
+
+Readers raise `InputError` naming the file and the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .detector import Detector
+from .rigid import check_pose
+
+
+GEOMETRY_KEYS = ("source_to_detector_mm", "rows", "cols", "pixel_spacing_mm")
+
+
+def _load_json(path: str | os.PathLike, what: str) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{what} file {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def detector_from_dict(data: dict, source: str = "geometry") -> Detector:
+    """Detector from ``{"source_to_detector_mm", "rows", "cols", "pixel_spacing_mm": [row, col],
+    "principal_point_px": [col, row] (optional)}``."""
+    missing = [k for k in GEOMETRY_KEYS if k not in data]
+    if missing:
+        raise InputError(
+            f"{source} is missing {', '.join(repr(k) for k in missing)}; it needs "
+            f"{', '.join(GEOMETRY_KEYS)} and optionally principal_point_px"
+        )
+    def number(key, value, positive=True) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise InputError(f"{source}: {key} must be a finite {'positive ' if positive else ''}number, got {value!r}")
+        return float(value)
+
+    def pair(key, value, positive, meaning) -> tuple[float, float]:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "pixel_spacing_mm":
+            value = [value, value]
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise InputError(f"{source}: {key} must be {meaning}, got {value!r}")
+        return number(f"{key}[0]", value[0], positive), number(f"{key}[1]", value[1], positive)
+
+    for key in ("rows", "cols"):
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{source}: {key} must be a positive integer number of pixels, got {value!r}")
+    sdd = number("source_to_detector_mm", data["source_to_detector_mm"])
+    spacing = pair("pixel_spacing_mm", data["pixel_spacing_mm"], True, "[row_mm, col_mm]")
+    pp = data.get("principal_point_px")
+    if pp is not None:
+        pp = pair("principal_point_px", pp, False, "[col_px, row_px]")
+    return Detector(rows=data["rows"], cols=data["cols"], sdd=sdd, pixel_spacing=spacing, principal_point=pp)
+
+
+def detector_to_dict(detector: Detector) -> dict:
+    out = {
+        "source_to_detector_mm": float(detector.sdd),
+        "rows": detector.rows,
+        "cols": detector.cols,
+        "pixel_spacing_mm": [float(detector.pixel_spacing[0]), float(detector.pixel_spacing[1])],
+    }
+    if detector.principal_point is not None:
+        out["principal_point_px"] = [float(detector.principal_point[0]), float(detector.principal_point[1])]
+    return out
+
+
+def read_geometry(path: str | os.PathLike) -> Detector:
+    """Detector from a geometry JSON file (see `detector_from_dict`)."""
+    return detector_from_dict(_load_json(path, "geometry"), f"geometry file {path}")
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def pose_from_dict(data: dict, source: str = "pose") -> torch.Tensor:
+    """(4, 4) float64 camera_from_world from ``{"camera_from_world": [[...], ...]}`` (mm, RAS world)."""
+    if "camera_from_world" not in data:
+        raise InputError(f"{source} is missing 'camera_from_world' (a 4x4 matrix, mm, RAS world)")
+    try:
+        matrix = torch.tensor(data["camera_from_world"], dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{source}: camera_from_world must be a 4x4 array of numbers ({exc})") from exc
+    return check_pose(matrix, name=f"{source} camera_from_world")[0]
+
+
+def read_pose(path: str | os.PathLike) -> torch.Tensor:
+    return pose_from_dict(_load_json(path, "pose"), f"pose file {path}")
+
+
+def pose_to_dict(pose: torch.Tensor) -> dict:
+    return {"camera_from_world": pose.detach().cpu().double().reshape(4, 4).tolist()}

@@ -1,0 +1,183 @@
+"""The panel's actions on a scene: read a setup's inputs, render a DRR preview, register, retry on the CPU.
+
+Every function takes a `Setup` (the panel's settings, nodes included) and
+the scene; input nodes are only read, results go to output nodes
+(`DiffRegLogic.mrml.outputs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..geometry.detector import Detector
+from ..volume.ct import Volume
+from ..xray.image import XRay
+from .carm import detector_from_setup, detector_plane_matrix, geometry_from_xray
+from .matrices import set_transform_matrix, transform_matrix
+from .nodes import _write_volume, volume_from_node, xray_from_node
+from .outputs import (Outputs, ensure_outputs, place_outputs, write_detector_images, write_loss_curve,
+                      write_pose)
+from .poses import initial_pose
+from .settings import Setup
+
+
+@dataclass
+class Inputs:
+    """Engine-side inputs of one setup."""
+
+    volume: Volume
+    xray: XRay
+    detector: Detector
+    pose: torch.Tensor  # initial camera_from_world (4, 4) float64
+
+
+def read_inputs(setup: Setup, file_for_instance: Callable[[str], str] | None = None) -> Inputs:
+    """Check the setup and turn its nodes into engine inputs (nodes only read)."""
+    from ..devices import resolve_device
+
+    setup.check_choices()
+    device = resolve_device(setup.device)
+    volume = volume_from_node(setup.inputVolume).to(device)
+    xray = xray_from_node(setup.xrayVolume, setup.xrayIntensity, file_for_instance)
+    geo = geometry_from_xray(setup.xrayVolume, file_for_instance, xray)
+    detector = detector_from_setup(setup, geo)
+    pose = initial_pose(setup, volume, geo)
+    return Inputs(volume, xray, detector, pose)
+
+
+class OutOfMemory(RuntimeError):
+    """The renderer ran out of (GPU) memory; the message offers the CPU or smaller tiles."""
+
+
+def _resource_errors(exc: BaseException) -> BaseException:
+    """A clear error for out-of-memory failures; others unchanged."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return OutOfMemory(
+            f"out of memory: {exc}. Choose Device 'cpu' under Options, or lower 'Memory budget (MB)' so the DRR is "
+            "rendered in smaller tiles"
+        )
+    return exc
+
+
+def with_cpu_fallback(setup: Setup, action: Callable[[Setup], Any], confirm: Callable[[str], bool]) -> Any:
+    """``action(setup)``; when it runs out of memory off the CPU and ``confirm(message)`` agrees, once more on the CPU.
+
+    The retry runs on a copy of the setup with ``device = "cpu"``: the
+    caller's setup (and the parameter node it came from) keeps the user's
+    device choice. Output nodes the retry created are copied back, so the
+    next run reuses them.
+    """
+    try:
+        return action(setup)
+    except OutOfMemory as error:
+        if setup.device == "cpu" or not confirm(f"{error}\n\nRetry on the CPU?"):
+            raise
+    retry = dataclasses.replace(setup, device="cpu")
+    try:
+        return action(retry)
+    finally:
+        setup.outputTransform, setup.outputDrr = retry.outputTransform, retry.outputDrr
+
+
+def registration_options(setup: Setup):
+    """`RegistrationOptions` of the setup (through `make_options`, the one place options are built)."""
+    from ..registration.options import make_options
+
+    return make_options(optimizer=setup.optimizer, similarity=setup.similarity, renderer=setup.renderer,
+                        levels=setup.level_factors(), max_iterations=int(setup.iterations),
+                        n_starts=int(setup.starts), max_memory_mb=float(setup.maxMemoryMb))
+
+
+def render_preview(scene, setup: Setup, pose=None, file_for_instance=None) -> Outputs:
+    """Render the DRR at ``pose`` (default: the initial pose) into the outputs; returns them."""
+    from ..drr.rendering import render
+
+    options = registration_options(setup)
+    inputs = read_inputs(setup, file_for_instance)
+    pose = inputs.pose if pose is None else torch.as_tensor(pose, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            drr = render(inputs.volume, inputs.detector, pose.to(inputs.volume.mu.device), options.renderer,
+                         **options.render_options())[0]
+    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
+        raise _resource_errors(exc) from exc
+    outputs = ensure_outputs(scene, setup)
+    write_detector_images(outputs, inputs.detector, drr.cpu().numpy(), inputs.xray.image.cpu().numpy())
+    place_outputs(outputs, setup.transformMeaning)
+    write_pose(outputs, pose, setup.transformMeaning, setup.inputVolume)
+    return outputs
+
+
+@dataclass
+class SceneResult:
+    """What a registration in the scene produced."""
+
+    result: Any  # registration.RegistrationResult
+    outputs: Outputs
+    chart: Any
+    message: str
+
+
+def run_registration(scene, setup: Setup, progress: Callable | None = None, cancel: Callable[[], bool] | None = None,
+                     file_for_instance=None, live_every: int = 5, live_pixels: int = 128) -> SceneResult:
+    """Register the setup's CT to its X-ray and write the pose, DRR, overlay and loss curve into output nodes.
+
+    ``progress(Progress, text)`` is called after every iteration (the
+    module updates its bar there and processes GUI events); every
+    ``live_every`` iterations (0 = never) the output transform is moved to the
+    best pose so far and the DRR node shows that pose, rendered on the same
+    detector with at most ``live_pixels`` pixels per side (it covers the
+    same detector area, so the overlay stays aligned) from a CT averaged to
+    that pixel size, so the preview costs little next to an iteration. ``cancel()`` returning True stops the run: the best pose so
+    far is written and the message says so. If the run fails, the output
+    transform gets its previous matrix back. Input nodes are only read.
+    """
+    from ..drr.rendering import render
+    from ..registration.engine import register
+    from ..registration.pyramid import preview_level
+
+    options = registration_options(setup)
+    inputs = read_inputs(setup, file_for_instance)
+    outputs = ensure_outputs(scene, setup)
+    previous = transform_matrix(outputs.transform)
+    place_outputs(outputs, setup.transformMeaning)
+    xray_image = inputs.xray.image.cpu().numpy()
+    write_detector_images(outputs, inputs.detector, xray=xray_image)
+    live = preview_level(inputs.volume, inputs.detector, inputs.pose, live_pixels)
+
+    def callback(info) -> None:
+        text = (f"level {info.level + 1}/{info.n_levels}, iteration {info.iteration + 1}: "
+                f"{setup.similarity} {info.similarity:.4f}")
+        if live_every and info.pose is not None and info.total_iterations % live_every == 0:
+            write_pose(outputs, info.pose, setup.transformMeaning, setup.inputVolume)
+            with torch.no_grad():
+                drr = render(live.volume, live.detector, info.pose.to(inputs.volume.mu.device), options.renderer,
+                             **options.render_options())[0]
+            _write_volume(outputs.drr, drr.cpu().numpy(), detector_plane_matrix(live.detector))
+        if progress is not None:
+            progress(info, text)
+
+    try:
+        result = register(inputs.volume, inputs.xray.image.to(inputs.volume.mu.device), inputs.detector, inputs.pose,
+                          options, mask=inputs.xray.mask, callback=callback, cancel=cancel)
+        with torch.no_grad():
+            drr = render(inputs.volume, inputs.detector, result.pose.to(inputs.volume.mu.device), options.renderer,
+                         **options.render_options())[0].cpu().numpy()
+    except BaseException as exc:
+        set_transform_matrix(outputs.transform, previous)
+        error = _resource_errors(exc)
+        if error is exc:
+            raise
+        raise error from exc
+    write_pose(outputs, result.pose, setup.transformMeaning, setup.inputVolume)
+    write_detector_images(outputs, inputs.detector, drr=drr)
+    chart = write_loss_curve(scene, outputs, result.trace, setup.similarity)
+    state = ("cancelled: the best pose so far was written" if result.cancelled else
+             "converged" if result.converged else f"stopped ({result.stop_reason.replace('_', ' ')})")
+    message = (f"{state}; {setup.similarity} {result.initial_similarity:.4f} -> {result.similarity:.4f} in "
+               f"{result.iterations} iterations, {result.seconds:.1f} s")
+    return SceneResult(result, outputs, chart, message)

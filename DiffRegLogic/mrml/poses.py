@@ -1,0 +1,92 @@
+"""Poses and transform nodes: the output transform of a pose, the pose of a transform node, the start of a setup.
+
+``transformMeaning`` says what a transform node holds (see `DiffRegLogic.mrml`):
+``"C-arm in patient"`` (matrix to parent = world_from_camera) or
+``"patient in C-arm"`` (camera_from_world x the CT's parent-to-world).
+`TransformInitializer` is the registration's initialiser plug point for a
+transform node; `initializer_from_setup` picks it or the C-arm angles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import geometry
+from ..errors import InputError
+from ..registration.initializers import ClinicalAngles
+from .carm import XRayGeometry
+from .matrices import _to_world, parent_to_world
+from .settings import CARM_IN_PATIENT, PATIENT_IN_CARM, POSE_FROM_TRANSFORM, TRANSFORM_MEANINGS, Setup
+
+
+def transform_from_pose(pose, meaning: str, ct_node) -> np.ndarray:
+    """Matrix to parent (4, 4) of the output transform for camera_from_world ``pose`` (see module docstring)."""
+    pose = np.asarray(torch.as_tensor(pose, dtype=torch.float64).cpu(), dtype=np.float64)
+    if meaning == CARM_IN_PATIENT:
+        return np.linalg.inv(pose)
+    if meaning == PATIENT_IN_CARM:
+        return pose @ parent_to_world(ct_node)
+    raise InputError(f"unknown transform meaning {meaning!r}; choose one of {', '.join(TRANSFORM_MEANINGS)}")
+
+
+def pose_from_transform(transform_node, meaning: str, ct_node) -> torch.Tensor:
+    """camera_from_world (4, 4) float64 from a transform node read with ``meaning`` (inverse of `transform_from_pose`).
+
+    The node's own parent transforms are included (its matrix to world).
+    """
+    if transform_node is None:
+        raise InputError("no initial transform selected: pick one under Initial pose, or start from C-arm angles")
+    if not transform_node.IsTransformToWorldLinear():
+        raise InputError(f"initial transform '{transform_node.GetName()}' is not linear; pick a linear transform")
+    m = _to_world(transform_node)
+    if meaning == CARM_IN_PATIENT:
+        pose = np.linalg.inv(m)
+    elif meaning == PATIENT_IN_CARM:
+        pose = m @ np.linalg.inv(parent_to_world(ct_node))
+    else:
+        raise InputError(f"unknown transform meaning {meaning!r}; choose one of {', '.join(TRANSFORM_MEANINGS)}")
+    return geometry.check_pose(torch.from_numpy(pose), name=f"initial transform '{transform_node.GetName()}'")[0]
+
+
+
+@dataclass(frozen=True)
+class TransformInitializer:
+    """Initialiser: the pose a transform node holds, read with ``meaning`` (the CT node for "patient in C-arm")."""
+
+    transform_node: Any
+    meaning: str
+    ct_node: Any
+
+    def __call__(self, xray, detector, volume) -> torch.Tensor:
+        return pose_from_transform(self.transform_node, self.meaning, self.ct_node)[None]
+
+
+def initializer_from_setup(setup: Setup, geo: XRayGeometry):
+    """The setup's start as an initialiser: its transform node, or its C-arm angles about the CT centre.
+
+    Unset C-arm fields (distance 0) come from the X-ray's DICOM tags
+    together, as `DiffRegLogic.mrml.carm.fill_geometry` fills them.
+    """
+    if setup.initialPoseMode == POSE_FROM_TRANSFORM:
+        if setup.initialTransform is None:
+            pose_from_transform(None, setup.transformMeaning, setup.inputVolume)  # raises the message
+        return TransformInitializer(setup.initialTransform, setup.transformMeaning, setup.inputVolume)
+    distance = setup.sourceToIsocenter
+    primary, secondary = setup.primaryAngle, setup.secondaryAngle
+    if not distance > 0 and geo.clinical is not None:
+        primary, secondary, distance = geo.clinical
+    if not distance > 0:
+        raise InputError(
+            "the source-to-isocentre distance is missing (no DICOM DistanceSourceToPatient (0018,1111)); enter it "
+            "(mm) under Initial pose"
+        )
+    return ClinicalAngles(primary, secondary, distance)
+
+
+def initial_pose(setup: Setup, volume, geo: XRayGeometry) -> torch.Tensor:
+    """camera_from_world (4, 4) float64 of the start: a transform node, or C-arm angles about the CT centre."""
+    return initializer_from_setup(setup, geo)(None, None, volume)[0]

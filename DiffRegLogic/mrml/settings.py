@@ -1,0 +1,165 @@
+"""Every setting of the DiffReg panel, Qt-free and torch-free.
+
+The Slicer module's parameter node (``DiffRegParameterNode`` in
+``DiffReg/DiffReg.py``) has exactly the fields of `Setup`, with the same
+names, defaults and choices (a test checks this). The choices of renderer,
+similarity, optimiser and intensity convention are the engine's own name
+tables (`DiffRegLogic.drr.backends.RENDERERS`,
+`DiffRegLogic.similarity.registry.SIMILARITIES`,
+`DiffRegLogic.registration.optimizers.OPTIMIZERS`,
+`DiffRegLogic.xray.intensity.INTENSITY_CONVENTIONS`), so a measure or
+optimiser added to the engine appears in the panel. This module imports
+neither torch nor Slicer (nor do those tables), so the module file can build
+its parameter node class from these choices before torch is installed.
+
+`write_parameter_node` / `read_parameter_node` store a `Setup` in a
+``vtkMRMLScriptedModuleNode`` the way Slicer's parameter node wrapper does
+(parameter name = field name; numbers and text as ``str(value)``, booleans as
+``"True"``/``"False"``, nodes as node references whose role is the field
+name), so a scene saved from the panel can be read by scripts without the
+application.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..drr.backends import RENDERERS as _RENDERERS
+from ..errors import InputError
+from ..registration.optimizers import OPTIMIZERS as _OPTIMIZERS
+from ..similarity.registry import SIMILARITIES as _SIMILARITIES
+from ..xray.intensity import INTENSITY_CONVENTIONS
+
+CARM_IN_PATIENT = "C-arm in patient"
+PATIENT_IN_CARM = "patient in C-arm"
+TRANSFORM_MEANINGS = (CARM_IN_PATIENT, PATIENT_IN_CARM)
+POSE_FROM_ANGLES = "C-arm angles"
+POSE_FROM_TRANSFORM = "transform"
+INITIAL_POSE_MODES = (POSE_FROM_ANGLES, POSE_FROM_TRANSFORM)
+INTENSITIES = tuple(INTENSITY_CONVENTIONS)
+OVERLAY_MODES = ("blend", "difference", "checkerboard")
+DEVICES = ("auto", "cpu", "cuda")
+RENDERERS = tuple(_RENDERERS)
+SIMILARITIES = tuple(_SIMILARITIES)
+OPTIMIZERS = tuple(_OPTIMIZERS)
+
+CHOICES = {
+    "xrayIntensity": INTENSITIES,
+    "initialPoseMode": INITIAL_POSE_MODES,
+    "renderer": RENDERERS,
+    "similarity": SIMILARITIES,
+    "optimizer": OPTIMIZERS,
+    "device": DEVICES,
+    "transformMeaning": TRANSFORM_MEANINGS,
+    "overlayMode": OVERLAY_MODES,
+}
+NODE_FIELDS = ("inputVolume", "xrayVolume", "initialTransform", "outputTransform", "outputDrr")
+
+
+@dataclass
+class Setup:
+    """Every setting of the DiffReg panel, one field per parameter-node field.
+
+    Node fields hold MRML nodes or ``None``. Zero means "not set" for the
+    geometry numbers: the X-ray node (spacing) or its DICOM file fills them
+    in (`DiffRegLogic.mrml.carm.geometry_from_xray`). Units: mm and degrees.
+    """
+
+    # inputs
+    inputVolume: Any = None  # CT, vtkMRMLScalarVolumeNode in HU
+    xrayVolume: Any = None  # single-slice vtkMRMLScalarVolumeNode
+    xrayIntensity: str = "auto"  # auto | line_integral | intensity
+    # geometry
+    sdd: float = 0.0  # source-to-detector distance, mm
+    pixelSpacingRow: float = 0.0  # mm
+    pixelSpacingColumn: float = 0.0  # mm
+    principalPointAtCenter: bool = True
+    principalPointColumn: float = 0.0  # pixels
+    principalPointRow: float = 0.0  # pixels
+    # initial pose
+    initialPoseMode: str = POSE_FROM_ANGLES
+    initialTransform: Any = None  # vtkMRMLLinearTransformNode, read with transformMeaning
+    primaryAngle: float = 0.0  # deg, LAO + / RAO -
+    secondaryAngle: float = 0.0  # deg, CRA + / CAU -
+    sourceToIsocenter: float = 0.0  # mm; the isocentre is the CT centre
+    # options
+    renderer: str = "siddon"
+    similarity: str = "zncc"
+    optimizer: str = "adam"
+    levels: str = "8 4 2 1"  # downsampling factors, coarse to fine
+    iterations: int = 150  # per level
+    starts: int = 1  # random starts (multi-start)
+    device: str = "auto"
+    maxMemoryMb: float = 2048.0  # renderer working memory; lower = smaller tiles
+    # outputs
+    transformMeaning: str = CARM_IN_PATIENT
+    outputTransform: Any = None  # vtkMRMLLinearTransformNode
+    outputDrr: Any = None  # vtkMRMLScalarVolumeNode
+    overlayMode: str = "blend"
+    overlayOpacity: float = 0.5
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_object(cls, obj) -> "Setup":
+        """A Setup from anything with these attributes (the Slicer parameter node wrapper)."""
+        return cls(**{name: getattr(obj, name) for name in cls.field_names()})
+
+    def level_factors(self) -> tuple[float, ...]:
+        """The levels as downsampling factors; raises InputError when they are not numbers >= 1."""
+        try:
+            factors = tuple(float(x) for x in str(self.levels).replace(",", " ").split())
+        except ValueError:
+            factors = ()
+        if not factors or any(not (f >= 1) for f in factors):
+            raise InputError(
+                f"levels {self.levels!r}: give downsampling factors >= 1, coarse to fine, separated by spaces "
+                "(e.g. '8 4 2 1')"
+            )
+        return factors
+
+    def check_choices(self) -> None:
+        """Raise InputError for a choice field holding an unknown value."""
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise InputError(f"{name} is {getattr(self, name)!r}; choose one of {', '.join(choices)}")
+
+
+def write_parameter_node(parameter_node, setup: Setup) -> None:
+    """Store ``setup`` in a vtkMRMLScriptedModuleNode as the parameter node wrapper does."""
+    for f in dataclasses.fields(Setup):
+        value = getattr(setup, f.name)
+        if f.name in NODE_FIELDS:
+            parameter_node.SetParameter(f.name, "")
+            parameter_node.SetNodeReferenceID(f.name, value.GetID() if value is not None else None)
+        else:
+            parameter_node.SetParameter(f.name, str(value))
+
+
+def read_parameter_node(parameter_node) -> Setup:
+    """The `Setup` stored in a parameter node (missing parameters keep their defaults)."""
+    values: dict = {}
+    for f in dataclasses.fields(Setup):
+        if f.name in NODE_FIELDS:
+            values[f.name] = parameter_node.GetNodeReference(f.name)
+            continue
+        text = parameter_node.GetParameter(f.name)
+        if not text:
+            continue
+        default = f.default
+        try:
+            if isinstance(default, bool):
+                values[f.name] = text == "True"
+            elif isinstance(default, int):
+                values[f.name] = int(text)
+            elif isinstance(default, float):
+                values[f.name] = float(text)
+            else:
+                values[f.name] = text
+        except ValueError as exc:
+            raise InputError(f"parameter {f.name} holds {text!r}, not a number") from exc
+    return Setup(**values)

@@ -1,0 +1,90 @@
+"""What the levels of one (batched) registration share: rendering, scoring, the trace, progress and cancel.
+
+A level optimiser calls `RegistrationContext.render` / `score` to evaluate
+poses and `report` once per iteration; `report` appends to the trace, tells
+the callback (with the best pose so far), remembers the best parameters of
+every start for a cancel, and raises `Cancelled` when the callback or the
+cancel function asks to stop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from ..drr.rendering import render
+from ..similarity.measure import Measure
+from .options import RegistrationOptions
+from .parameters import PoseParameters
+from .pyramid import Level
+from .results import Progress
+
+
+class Cancelled(Exception):
+    """Raised by `RegistrationContext.report` to stop a registration; the engine returns the best so far."""
+
+
+class RegistrationContext:
+    """State shared by the levels of one (batched) registration of B starts."""
+
+    def __init__(self, opts: RegistrationOptions, params: PoseParameters, measure: Measure,
+                 dtype: torch.dtype, callback: Callable[[Progress], bool | None] | None,
+                 cancel: Callable[[], bool] | None, n_levels: int) -> None:
+        self.opts, self.params, self.measure, self.dtype = opts, params, measure, dtype
+        self.callback, self.cancel = callback, cancel
+        self.n_levels = n_levels
+        self.trace: list[dict] = []
+        self.iterations = 0
+        self.evaluations = 0
+        self.best_x: torch.Tensor | None = None  # (B, 6) best parameters of each start so far (this level)
+        self.best: torch.Tensor | None = None  # (B,) their similarity (-inf: not evaluated yet)
+        self.t0 = time.perf_counter()
+
+    def render(self, level: Level, x: torch.Tensor) -> torch.Tensor:
+        """DRRs (B, H, W) of parameters x (B, 6) on ``level``, in the similarity's dtype (autograd kept)."""
+        self.evaluations += x.shape[0]
+        return render(level.volume, level.detector, self.params.pose(x), self.opts.renderer,
+                      **self.opts.render_options()).to(self.dtype)
+
+    def similarity(self, level: Level, drr: torch.Tensor) -> torch.Tensor:
+        """(B,) similarity of DRRs on ``level`` with the level's X-ray."""
+        return self.measure(drr, level.xray, level.mask)
+
+    def score(self, level: Level, x: torch.Tensor) -> torch.Tensor:
+        """(B,) similarity at parameters x on ``level``, without gradients."""
+        with torch.no_grad():
+            return self.similarity(level, self.render(level, x))
+
+    def report(self, level_index: int, iteration: int, current: torch.Tensor, best: torch.Tensor, extra: dict,
+               best_x: torch.Tensor, *, row: int | None = None, batch_best: torch.Tensor | None = None) -> None:
+        """Trace one iteration; tell the callback (with the best pose so far); raise `Cancelled` on cancel.
+
+        ``current`` and ``best`` are the (B,) similarities of the batch, and
+        ``best_x`` (B, 6) the best parameters of every start. An optimiser
+        that runs the starts one at a time passes ``row`` (the start it is
+        on; ``current`` and ``best`` are then that start's, shape (1,)) and
+        ``batch_best`` (B,), the best of every start so far (-inf where a
+        start has not been evaluated yet).
+        """
+        self.iterations += 1
+        self.best_x = best_x.detach()
+        self.best = (best if batch_best is None else batch_best).detach()
+        elapsed = time.perf_counter() - self.t0
+        entry = {"level": level_index, "iteration": iteration, "similarity": current.tolist(),
+                 "best_similarity": best.tolist(), "seconds": round(elapsed, 4), **extra}
+        if row is not None:
+            entry["start"] = int(row)
+        self.trace.append(entry)
+        stop = False
+        if self.callback is not None:
+            if row is None:
+                row = int(best.argmax())
+            with torch.no_grad():
+                pose = self.params.pose(best_x[row:row + 1].detach())[0].to(torch.float64).cpu()
+            info = Progress(level_index, self.n_levels, iteration, self.iterations, float(best.max()),
+                            float(current.max()), elapsed, pose)
+            stop = bool(self.callback(info))
+        if stop or (self.cancel is not None and self.cancel()):
+            raise Cancelled()

@@ -1,0 +1,183 @@
+"""Level optimisers: how the poses of a batch are optimised on one pyramid level.
+
+A level optimiser is an object with ``run(ctx, level, index, x, steps) ->
+LevelResult``: ``x`` (B, 6) are the pose parameters of the B starts entering
+the level, ``steps`` (B, 6) their step sizes (rad, mm) at this level. It
+evaluates poses through the `RegistrationContext` (which traces, reports
+progress and cancels) and returns the best parameters, their similarity and
+why each start stopped. `OPTIMIZERS` (`DiffRegLogic.registration.optimizers`)
+names the instances below; the gradient-free baselines live in `baselines`.
+
+Stopping rules:
+
+* gradient family: when the best similarity of a start has not improved by
+  ``tolerance`` for ``patience`` iterations, its step sizes are halved and
+  its search restarts from its best pose; a plateau reached after
+  ``max_step_reductions`` halvings ends its level as ``"converged"``. The
+  search therefore runs at ``max_step_reductions + 1`` step sizes;
+* Levenberg-Marquardt: converged when an accepted step is below
+  ``min_step_deg`` / ``min_step_mm``, or after ``patience`` rejected steps in
+  a row;
+* otherwise a level stops at ``max_iterations`` (``"max_iterations"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..drr.jacobian import render_with_jacobian
+from .context import RegistrationContext
+from .pyramid import Level
+from .steps import LevenbergMarquardt, make_gradient_optimizer
+
+
+@dataclass
+class LevelResult:
+    """What a level optimiser returns: best parameters (B, 6), their similarity (B,), a stop reason per start."""
+
+    x: torch.Tensor
+    similarity: torch.Tensor
+    reasons: list[str]
+
+
+class LevelOptimizer(Protocol):
+    """The optimiser plug point (see the module docstring)."""
+
+    one_start_at_a_time: bool
+    needs_residual: bool
+
+    def run(self, ctx: RegistrationContext, level: Level, index: int, x: torch.Tensor,
+            steps: torch.Tensor) -> LevelResult: ...
+
+
+class GradientLevel:
+    """The gradient family: ``gd``, ``gdm``, ``gddm``, ``adam`` on the autograd gradient of -similarity."""
+
+    one_start_at_a_time = False
+    needs_residual = False
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+
+    def run(self, ctx: RegistrationContext, level: Level, index: int, x: torch.Tensor,
+            steps: torch.Tensor) -> LevelResult:
+        opts = ctx.opts
+        n = x.shape[0]
+        opt = make_gradient_optimizer(self.rule, steps, opts.momentum)
+        best_x, best = x.clone(), torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
+        since_best = torch.zeros(n, dtype=torch.long)
+        reductions = torch.zeros(n, dtype=torch.long)
+        active = torch.ones(n, dtype=torch.bool, device=x.device)
+        reasons = ["max_iterations"] * n
+        for iteration in range(opts.max_iterations):
+            xv = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                sim = ctx.similarity(level, ctx.render(level, xv))
+                (grad,) = torch.autograd.grad(-sim.sum(), xv)
+            sim = sim.detach()
+            if not torch.isfinite(grad).all():
+                raise FloatingPointError("the similarity gradient is not finite at this pose")
+            better = sim > best
+            significant = (sim > best + opts.tolerance).cpu()
+            best_x = torch.where(better[:, None], x, best_x)
+            best = torch.where(better, sim, best)
+            since_best = torch.where(significant, torch.zeros_like(since_best), since_best + 1)
+            plateau = (since_best >= opts.patience) & active.cpu()
+            step_now = active.clone()
+            if plateau.any():
+                # a plateau after the last allowed halving ends the level; any other halves the steps
+                done_cpu = plateau & (reductions >= opts.max_step_reductions)
+                halve_cpu = plateau & ~done_cpu
+                done, halve = done_cpu.to(x.device), halve_cpu.to(x.device)
+                reductions += halve_cpu.long()
+                opt.step_sizes[halve] *= 0.5
+                opt.reset(halve)
+                x = torch.where(halve[:, None], best_x, x)
+                since_best[plateau] = 0
+                step_now &= ~plateau.to(x.device)
+                for i in torch.nonzero(done_cpu).flatten().tolist():
+                    reasons[i] = "converged"
+                active &= ~done
+            ctx.report(index, iteration, sim, best, {"step_scale": (opt.step_sizes[:, 0] / steps[:, 0]).tolist()},
+                       best_x)
+            if not active.any():
+                break
+            x = opt.step(x, grad, step_now)
+        return LevelResult(best_x, best, reasons)
+
+
+def _residual_cost(residual: torch.Tensor) -> torch.Tensor:
+    return (residual * residual).sum(-1)
+
+
+class LevenbergMarquardtLevel:
+    """``lm``: Levenberg-Marquardt on the similarity's residual, DRR Jacobian from `drr.jacobian`."""
+
+    one_start_at_a_time = False
+    needs_residual = True
+
+    @staticmethod
+    def _jacobian(residual_fn, drr: torch.Tensor, jac: torch.Tensor, level: Level) -> torch.Tensor:
+        """d residual / d params (B, M, P): the DRR Jacobian (B, H, W, P) pushed through the residual (one JVP each)."""
+        def push(tangent: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(lambda a: residual_fn(a, level.xray, level.mask), (drr,), (tangent,))[1]
+
+        return torch.stack([push(jac[..., p]) for p in range(jac.shape[-1])], -1)
+
+    def _render(self, ctx: RegistrationContext, level: Level, x: torch.Tensor):
+        drr, jac = render_with_jacobian(level.volume, level.detector, ctx.params.pose, x, ctx.opts.renderer,
+                                        step_voxels=ctx.opts.step_voxels, max_memory_mb=ctx.opts.max_memory_mb,
+                                        backend=ctx.opts.backend)
+        ctx.evaluations += x.shape[0]
+        return drr.to(ctx.dtype), jac.to(ctx.dtype)
+
+    def run(self, ctx: RegistrationContext, level: Level, index: int, x: torch.Tensor,
+            steps: torch.Tensor) -> LevelResult:
+        opts = ctx.opts
+        residual_fn = ctx.measure.require_residual()
+        n = x.shape[0]
+        lm = LevenbergMarquardt(n, dtype=x.dtype, device=x.device)
+        active = torch.ones(n, dtype=torch.bool, device=x.device)
+        rejected = torch.zeros(n, dtype=torch.long, device=x.device)
+        reasons = ["max_iterations"] * n
+        min_rot, min_trans = math.radians(opts.min_step_deg), opts.min_step_mm
+        drr, jac = self._render(ctx, level, x)
+        res = residual_fn(drr, level.xray, level.mask)
+        cost = _residual_cost(res)
+        for iteration in range(opts.max_iterations):
+            # Jacobian of the residual: the DRR Jacobian chained through the residual function
+            j_res = self._jacobian(residual_fn, drr, jac, level)
+            dx = lm.propose(res, j_res)
+            dx = torch.where(active[:, None], dx, torch.zeros_like(dx))
+            trial = x + dx
+            with torch.no_grad():
+                trial_res = residual_fn(ctx.render(level, trial), level.xray, level.mask)
+            trial_cost = _residual_cost(trial_res)
+            improved = (trial_cost < cost) & active
+            lm.update(improved)
+            rejected = torch.where(improved, torch.zeros_like(rejected), rejected + (active & ~improved).long())
+            small = (dx[:, :3].norm(dim=-1) < min_rot) & (dx[:, 3:].norm(dim=-1) < min_trans) & improved
+            x = torch.where(improved[:, None], trial, x)
+            cost = torch.where(improved, trial_cost, cost)
+            done = active & (small | (rejected >= opts.patience))
+            for i in torch.nonzero(done).flatten().tolist():
+                reasons[i] = "converged"
+            active = active & ~done
+            ctx.report(index, iteration, 1.0 - trial_cost, 1.0 - cost, {"damping": lm.damping.tolist()}, x.clone())
+            if not active.any():
+                break
+            if improved.any():
+                drr, jac = self._render(ctx, level, x)
+                res = residual_fn(drr, level.xray, level.mask)
+        return LevelResult(x, 1.0 - cost, reasons)
+
+
+ADAM = GradientLevel("adam")
+GD = GradientLevel("gd")
+GDM = GradientLevel("gdm")
+GDDM = GradientLevel("gddm")
+LM = LevenbergMarquardtLevel()

@@ -1,0 +1,82 @@
+"""The coarse-to-fine pyramid: a detector, X-ray and CT per level, shared by registration, experiments and the live preview.
+
+A level with downsampling factor f renders a detector with f times fewer
+pixels per side (same physical extent, `Detector.downsample`), compares with
+the X-ray area-averaged to that size, and uses a CT averaged so that its
+voxels are about as large as a detector pixel seen at the isocentre
+(`volume_factor`, cached per CT by `DiffRegLogic.volume.downsample_cached`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..geometry.detector import Detector
+from ..volume.cache import downsample_cached
+from ..volume.ct import Volume
+
+
+@dataclass
+class Level:
+    """One pyramid level: its factor, the CT, detector, X-ray (H, W) and mask (H, W) or None at that size."""
+
+    factor: float
+    volume: Volume
+    detector: Detector
+    xray: torch.Tensor | None
+    mask: torch.Tensor | None
+
+
+def volume_factor(volume: Volume, detector: Detector, source_to_center: float) -> tuple[float, float, float]:
+    """Per-axis CT downsampling so voxels are about the detector pixel size at the isocentre (never finer than the CT)."""
+    pixel_at_iso = min(float(detector.pixel_spacing[0]), float(detector.pixel_spacing[1])) * source_to_center / float(detector.sdd)
+    return tuple(max(1.0, math.floor(pixel_at_iso / float(s))) for s in volume.spacing)
+
+
+def level_detector(detector: Detector, factor: float) -> Detector:
+    """The detector of a level: ``factor`` times fewer pixels per side, same physical extent."""
+    return detector.downsample(factor) if factor > 1 else detector
+
+
+def resize_image(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """An (H, W) image area-averaged to ``shape`` (unchanged when it already has that shape)."""
+    if tuple(image.shape) == tuple(shape):
+        return image
+    return F.interpolate(image[None, None], size=shape, mode="area")[0, 0]
+
+
+def build_level(volume: Volume, detector: Detector, factor: float, source_to_center: float,
+                xray: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> Level:
+    """One `Level` (the X-ray and mask are area-averaged to the level's detector when given)."""
+    det = level_detector(detector, factor)
+    xr, mk = xray, mask
+    if xray is not None and det.shape != tuple(xray.shape):
+        xr = resize_image(xray, det.shape)
+        mk = None if mask is None else resize_image(mask.to(xray.dtype), det.shape)
+    vf = volume_factor(volume, det, source_to_center)
+    return Level(factor, downsample_cached(volume, vf), det, xr, mk)
+
+
+def build_levels(volume: Volume, xray: torch.Tensor, detector: Detector, mask: torch.Tensor | None, factors,
+                 source_to_center: float) -> list[Level]:
+    """The levels of a registration, coarse to fine (``factors`` as in `RegistrationOptions.levels`)."""
+    return [build_level(volume, detector, factor, source_to_center, xray, mask) for factor in factors]
+
+
+def preview_level(volume: Volume, detector: Detector, pose: torch.Tensor, max_pixels: int) -> Level:
+    """A cheap level for live previews: at most ``max_pixels`` per side, the CT averaged to that pixel size.
+
+    It covers the same detector area as ``detector``, so a preview DRR
+    overlays the full-size X-ray pixel for pixel once scaled.
+    """
+    factor = max(1.0, max(detector.shape) / max(1, int(max_pixels)))
+    pose = torch.as_tensor(pose, dtype=torch.float64).cpu()
+    center = volume.center.to(torch.float64).cpu()
+    source_to_center = float((pose[:3, :3] @ center + pose[:3, 3]).norm())
+    det = detector.downsample(factor)
+    vf = volume_factor(volume, det, source_to_center)
+    return Level(factor, volume if vf == (1.0, 1.0, 1.0) else downsample_cached(volume, vf), det, None, None)
