@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from DiffRegLogic import evaluation, geometry
-from DiffRegLogic.experiments.demo import DEMO_DETECTOR, demo_poses
+from DiffRegLogic.experiments.demo import DEMO_DETECTOR
 from DiffRegLogic.drr import render
 from DiffRegLogic.drr.jacobian import render_with_jacobian
 from DiffRegLogic.errors import InputError
 from DiffRegLogic.geometry import Detector
 from DiffRegLogic.registration.steps import Adam, GradientDescent, LevenbergMarquardt, Momentum
-from DiffRegLogic.volume.phantoms import chest_phantom
 from DiffRegLogic.registration import (PoseParameters, RegistrationOptions, perturb_pose, random_motions, register,
                                        register_batch)
 
