@@ -109,7 +109,8 @@ class RegistrationOptions:
 
         builtin = self.optimizer in GRADIENT_OPTIMIZERS + BASELINE_OPTIMIZERS + ("lm",)
         # a plug-in optimiser says itself whether it needs a residual (looking it up may import torch)
-        needs_residual = self.optimizer == "lm" if builtin else bool(OPTIMIZERS[self.optimizer].needs_residual)
+        needs_residual = (self.optimizer == "lm" if builtin
+                          else bool(getattr(OPTIMIZERS[self.optimizer], "needs_residual", False)))
         if isinstance(self.similarity, str):  # names are checked without importing torch
             from ..similarity.registry import get_residual, get_similarity
 

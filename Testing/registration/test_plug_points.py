@@ -178,6 +178,19 @@ def test_a_registered_optimiser_is_used_by_name_and_offered_by_the_cli(case):
         OPTIMIZERS.register("adam", StayPut())
 
 
+def test_a_plugged_optimiser_that_needs_a_residual_is_checked_before_any_work():
+    class NeedsResidual(StayPut):
+        needs_residual = True
+
+    OPTIMIZERS.register("needs_residual", NeedsResidual())
+    try:
+        RegistrationOptions(optimizer="needs_residual", similarity="zncc").validate()  # zncc has one
+        with pytest.raises(InputError, match="'ssim' has no least-squares residual"):
+            RegistrationOptions(optimizer="needs_residual", similarity="ssim").validate()
+    finally:
+        OPTIMIZERS.unregister("needs_residual")
+
+
 # --------------------------------------------------------------------------
 # Options built in one place
 # --------------------------------------------------------------------------
