@@ -95,7 +95,6 @@ def model(args, volume: Volume) -> tuple[Volume, str]:
     return model.to(volume.mu.device), args.tracer
 
 
-
 def progress_printer(quiet: bool):
     """A registration callback printing one line per level (the last iteration's best similarity)."""
     state = {"level": None}
@@ -132,29 +131,18 @@ def loss_curve(result) -> np.ndarray:
 
 def pose_reports(estimates: Sequence[torch.Tensor], truth: torch.Tensor, volume: Volume,
                  detector: Detector) -> list[dict]:
-    """`pose_report` of each estimate against one truth; the CT's target points are found once for all."""
+    """Per estimate: mTRE, mPD, mRPD over the CT's 2000 target points (found once) and the pose errors, mm and deg."""
     from .. import evaluation
 
     points = evaluation.target_points(volume.to("cpu"), 2000)  # half a second on a 512 x 512 x 133 CT
-    return [pose_report(estimate, truth, volume, detector, points) for estimate in estimates]
-
-
-def pose_report(estimate: torch.Tensor, truth: torch.Tensor, volume: Volume, detector: Detector,
-                points: torch.Tensor | None = None) -> dict:
-    """mTRE, mPD, mRPD (at ``points``: by default the CT's 2000 target points) and the pose errors, in mm and deg."""
-    from .. import evaluation
-
-    if points is None:
-        points = evaluation.target_points(volume.to("cpu"), 2000)
     center = volume.center.to(torch.float64).cpu()
-    return {
+    return [{
         "mtre_mm": float(evaluation.mtre(estimate, truth, points)),
         "mpd_mm": float(evaluation.mpd(estimate, truth, points, detector)),
         "mrpd_mm": float(evaluation.mrpd(estimate, truth, points, detector)),
         "rotation_error_deg": float(evaluation.rotation_error_deg(estimate, truth)),
         "translation_error_mm": float(evaluation.translation_error_mm(estimate, truth, center)),
-    }
-
+    } for estimate in estimates]
 
 
 def registration_options(args):

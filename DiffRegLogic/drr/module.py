@@ -45,7 +45,8 @@ class DRR(torch.nn.Module):
         self.register_buffer("labels", volume.labels)
         self.register_buffer("densities", volume.densities if isinstance(volume, MaterialVolume) else None)
         self._template = volume
-        self._built: tuple[tuple[int, ...], Volume] | None = None
+        key = tuple(id(t) for t in (self.mu, self.affine, self.labels, self.densities))
+        self._built: tuple[tuple[int, ...], Volume] | None = (key, volume)  # the buffers are the volume's own
 
     @property
     def volume(self) -> Volume:
@@ -55,9 +56,7 @@ class DRR(torch.nn.Module):
             changes = dict(mu=self.mu, affine=self.affine, labels=self.labels)
             if self.densities is not None:
                 changes["densities"] = self.densities
-            volume = self._template if all(getattr(self._template, k) is v for k, v in changes.items()) else (
-                replace(self._template, **changes))
-            self._built = (key, volume)
+            self._built = (key, replace(self._template, **changes))
         return self._built[1]
 
     def forward(self, pose: torch.Tensor) -> torch.Tensor:

@@ -168,4 +168,3 @@ def landscape(
         "value_at_zero": at_zero,
         "offsets": {"rotation": rot_offsets.tolist(), "translation": trans_offsets.tolist()},
     }
-

@@ -47,4 +47,3 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> No
 
 def stack_panels(panels: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(list(panels), axis=0)
-

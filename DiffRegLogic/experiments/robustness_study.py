@@ -267,4 +267,3 @@ def robustness(
         "summary": summary,
         "seconds": seconds,
     }
-

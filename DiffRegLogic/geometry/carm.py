@@ -116,4 +116,3 @@ def pose_to_clinical(pose: torch.Tensor, isocenter: torch.Tensor | Sequence[floa
     primary = torch.atan2(-z[..., 0], z[..., 1])
     distance = ((iso - source) * z).sum(-1)
     return torch.rad2deg(primary), torch.rad2deg(secondary), distance
-

@@ -50,7 +50,6 @@ def se3_about_from_pose(reference_pose: torch.Tensor, pose: torch.Tensor, center
     return se3_log(translation_matrix(-center) @ motion @ translation_matrix(center))
 
 
-
 # --------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------

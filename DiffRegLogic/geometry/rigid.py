@@ -267,4 +267,3 @@ def matrix_to_euler(rotation: torch.Tensor, convention: str = "ZXY") -> torch.Te
     first = torch.atan2(-sign * rotation[..., j, k], rotation[..., k, k])
     last = torch.atan2(-sign * rotation[..., i, j], rotation[..., i, i])
     return torch.stack([first, middle, last], -1)
-

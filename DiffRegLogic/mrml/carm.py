@@ -106,7 +106,6 @@ def detector_plane_matrix(detector: Detector) -> np.ndarray:
     return np.array([[du, 0, 0, -cx * du], [0, dv, 0, -cy * dv], [0, 0, 1, sdd], [0, 0, 0, 1]], dtype=np.float64)
 
 
-
 def carm_polydata(detector: Detector):
     """vtkPolyData in camera coordinates (mm): the source point, the detector outline, the four edge rays and the principal ray."""
     vtk = _vtk()
@@ -133,4 +132,3 @@ def carm_polydata(detector: Detector):
     poly.SetLines(lines)
     poly.SetVerts(verts)
     return poly
-

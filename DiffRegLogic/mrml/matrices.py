@@ -76,4 +76,3 @@ def transform_matrix(node) -> np.ndarray:
 
 def set_transform_matrix(node, matrix) -> None:
     node.SetMatrixTransformToParent(vtk_matrix_from_array(matrix))
-

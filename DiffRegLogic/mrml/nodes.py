@@ -114,7 +114,6 @@ def xray_from_node(node, intensity: str = "auto", file_for_instance: Callable[[s
                            pixel_spacing=(float(spacing_y), float(spacing_x)), name=f"X-ray '{node.GetName()}'")
 
 
-
 def write_volume_array(node, array: np.ndarray, ijk_to_ras_matrix: np.ndarray) -> None:
     """Replace a volume node's voxels with ``array`` (K, J, I), stored as float32, and set its IJK->RAS."""
     from vtk.util import numpy_support
@@ -146,4 +145,3 @@ def _voxels(node) -> np.ndarray | None:
     if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
         return None
     return voxels_of(node)[0]
-

@@ -156,4 +156,3 @@ def write_loss_curve(scene, outputs: Outputs, trace: list[dict], similarity: str
     chart.SetXAxisTitle("iteration (all levels)")
     chart.SetYAxisTitle(similarity)
     return chart
-

@@ -66,4 +66,3 @@ def show_overlay(scene, outputs: Outputs, mode: str = "blend", opacity: float = 
         if slice_node.GetLayoutName() in views:
             slice_node.RotateToVolumePlane(outputs.xray_copy)
             slice_node.SetSliceVisible(True)  # the detector image in 3D, where the C-arm was
-

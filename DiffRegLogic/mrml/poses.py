@@ -52,7 +52,6 @@ def pose_from_transform(transform_node, meaning: str, ct_node) -> torch.Tensor:
     return geometry.check_pose(torch.from_numpy(pose), name=f"initial transform '{transform_node.GetName()}'")[0]
 
 
-
 @dataclass(frozen=True)
 class TransformInitializer:
     """Initialiser: the pose a transform node holds, read with ``meaning`` (the CT node for "patient in C-arm")."""

@@ -101,4 +101,3 @@ def tube_spectrum(kvp: float = 80, extra_filtration_mm_al: float = 0.0, min_frac
 def monochromatic(energy_kev: float) -> Spectrum:
     """A delta spectrum at ``energy_kev``."""
     return Spectrum((float(energy_kev),), (1.0,), f"{energy_kev:g} keV")
-

@@ -61,4 +61,3 @@ def mass_attenuation(material: str, energies_kev) -> torch.Tensor:
     y0, y1 = values[idx - 1].log(), values[idx].log()
     w = (e.reshape(-1).log() - x0) / (x1 - x0)
     return (y0 + w * (y1 - y0)).exp().reshape(e.shape)
-

@@ -48,5 +48,3 @@ def check_start(volume: Volume, detector: Detector, pose: torch.Tensor) -> None:
             f"at the initial pose the CT centre is {depth:.0f} mm from the source, beyond the detector "
             f"(SDD {float(detector.sdd):.0f} mm); check the pose and the source-to-detector distance"
         )
-
-

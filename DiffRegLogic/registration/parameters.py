@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import geometry
+from ..geometry.carm import pose_to_spherical_carm, spherical_carm_to_pose
+from ..geometry.motions import pose_from_se3_about, se3_about_from_pose
 
 
 class PoseParameters:
@@ -23,14 +24,19 @@ class PoseParameters:
 
     def pose(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "se3":
-            return geometry.pose_from_se3_about(self.reference.to(x.dtype), x, self.center.to(x.dtype))
-        return geometry.spherical_carm_to_pose(x, self.sdd, self.center.to(x.dtype), radius=self.radius)
+            return pose_from_se3_about(self.reference.to(x.dtype), x, self.center.to(x.dtype))
+        return spherical_carm_to_pose(x, self.sdd, self.center.to(x.dtype), radius=self.radius)
 
     def params(self, pose: torch.Tensor) -> torch.Tensor:
         if self.kind == "se3":
-            return geometry.se3_about_from_pose(self.reference, pose, self.center)
-        return geometry.pose_to_spherical_carm(pose, self.sdd, self.center, radius=self.radius)
+            return se3_about_from_pose(self.reference, pose, self.center)
+        return pose_to_spherical_carm(pose, self.sdd, self.center, radius=self.radius)
 
     def source_to_center(self) -> float:
         """Distance (mm) from the X-ray source of the reference pose to the centre: sizes the CT pyramid."""
-        return float((self.reference[:3, :3] @ self.center + self.reference[:3, 3]).norm())
+        return source_to_center(self.reference, self.center)
+
+
+def source_to_center(pose: torch.Tensor, center: torch.Tensor) -> float:
+    """Distance (mm) from the X-ray source of camera_from_world ``pose`` (4, 4) to the world point ``center`` (3,)."""
+    return float((pose[:3, :3] @ center + pose[:3, 3]).norm())

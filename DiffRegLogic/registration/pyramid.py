@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..geometry.detector import Detector
 from ..volume.cache import downsample_cached
 from ..volume.ct import Volume
+from .parameters import source_to_center
 
 
 @dataclass
@@ -75,8 +76,7 @@ def preview_level(volume: Volume, detector: Detector, pose: torch.Tensor, max_pi
     """
     factor = max(1.0, max(detector.shape) / max(1, int(max_pixels)))
     pose = torch.as_tensor(pose, dtype=torch.float64).cpu()
-    center = volume.center.to(torch.float64).cpu()
-    source_to_center = float((pose[:3, :3] @ center + pose[:3, 3]).norm())
+    distance = source_to_center(pose, volume.center.to(torch.float64).cpu())
     det = detector.downsample(factor)
-    vf = volume_factor(volume, det, source_to_center)
+    vf = volume_factor(volume, det, distance)
     return Level(factor, volume if vf == (1.0, 1.0, 1.0) else downsample_cached(volume, vf), det, None, None)

@@ -81,11 +81,9 @@ def gradient_ncc(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | Non
     return ((rows.mean_zncc() + cols.mean_zncc()) / 2).to(dtype)
 
 
-
 def gradient_ncc_residual(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | None = None,
                           sigma: float = 1.0) -> torch.Tensor:
     """Residual (B, 2 (H*W + 1)) with ``(r**2).sum(-1) == 1 - gradient_ncc``: row- and column-gradient ZNCC residuals / sqrt(2)."""
     a, b, w, masked, dtype = _prepare(drr, xray, mask)
     rows, cols = _gradient_stats(a, b, w, masked, sigma)
     return (torch.cat([rows.residual(), cols.residual()], 1) / math.sqrt(2.0)).to(dtype)
-

@@ -66,4 +66,3 @@ def mutual_information(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor
     if normalized:
         return ((h_a + h_b) / h_ab.clamp_min(torch.finfo(h_ab.dtype).tiny)).to(dtype)
     return (h_a + h_b - h_ab).to(dtype)
-

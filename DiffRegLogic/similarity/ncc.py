@@ -177,7 +177,6 @@ def multiscale_zncc(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | 
     return torch.stack(values, 0).mean(0).to(dtype)
 
 
-
 def zncc_residual(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Residual r (B, H*W + 1) with ``(r**2).sum(-1) == 1 - zncc``.
 
@@ -211,4 +210,3 @@ def multiscale_zncc_residual(drr: torch.Tensor, xray: torch.Tensor, mask: torch.
     parts = _multiscale_stats(a, b, w, patch_sizes)
     scale = 1.0 / math.sqrt(len(parts))
     return (torch.cat([stats.residual() for stats in parts], 1) * scale).to(dtype)
-

@@ -26,7 +26,6 @@ def mse_residual(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | Non
     return (torch.sqrt(p) * (a - b)).flatten(1).to(dtype)
 
 
-
 def mse(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``1 - `` the (weighted) mean squared error, (B,): higher = more similar, 1 for identical images.
 

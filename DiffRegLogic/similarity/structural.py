@@ -96,4 +96,3 @@ def css(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | None = None,
     a, b, w, _, dtype = _prepare(drr, xray, mask)
     _, contrast_structure, weight = _ssim_terms(a, b, w, window, sigma)
     return (weight * contrast_structure).flatten(1).sum(1).to(dtype)
-

@@ -24,14 +24,6 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def _suffix(path: str | os.PathLike) -> str:
-    name = str(path).lower()
-    for suffix in (".nii.gz",):
-        if name.endswith(suffix):
-            return suffix
-    return Path(name).suffix
-
-
 def _sitk():
     try:
         import SimpleITK as sitk
@@ -110,4 +102,3 @@ def write_volume(path: str | os.PathLike, values: np.ndarray, affine_ras: np.nda
     image.SetDirection((lps[:3, :3] / spacing[None, :]).reshape(-1).tolist())
     image.SetOrigin(lps[:3, 3].tolist())
     sitk.WriteImage(image, str(path))
-

@@ -151,7 +151,6 @@ def _check_margins(margins, rows: int, cols: int) -> tuple[int, int, int, int]:
     return top, bottom, left, right
 
 
-
 def _as_2d_array(image, what: str) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -159,4 +158,3 @@ def _as_2d_array(image, what: str) -> np.ndarray:
     if a.ndim != 2:
         raise InputError(f"{what}: expected one 2D image (H, W), got shape {a.shape}")
     return a
-

@@ -25,7 +25,6 @@ def _tag_number(keyword: str) -> str:
     return "(?)" if tag is None else f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-
 def _empty(value) -> bool:
     if value is None:
         return True
@@ -358,4 +357,3 @@ def _dicom_convention(tags: _Tags, meta: dict) -> tuple[str, str]:
         return "reflect", (f"{what}; MONOCHROME1 shows the minimum white, so bone is stored low: "
                            "reflected about the open-field level")
     return "keep", f"{what}; {photometric} radiograph for presentation, bone bright: kept"
-

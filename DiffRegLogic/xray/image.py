@@ -93,7 +93,6 @@ class XRay:
         return clinical_to_pose(primary, secondary, distance, isocenter, dtype=torch.float64)
 
 
-
 def check_xray(image: torch.Tensor, detector: Detector) -> None:
     """Raise `InputError` unless ``image`` (H, W) can be registered on ``detector``.
 
@@ -127,4 +126,3 @@ def check_xray(image: torch.Tensor, detector: Detector) -> None:
             f"the X-ray is constant (every pixel = {float(values.flatten()[0]):g}): there is no structure "
             "to register; check the file, the frame and the intensity convention"
         )
-
