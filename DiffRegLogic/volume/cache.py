@@ -10,7 +10,8 @@ import weakref
 
 import torch
 
-from .ct import Volume
+from ..errors import InputError
+from .ct import Volume, _downsample_factors
 
 # Keyed on the identity of the mu
 # tensor, held weakly: an entry dies with its tensor; the tensor's version counter and the affine
@@ -31,7 +32,10 @@ def tensor_cache(registry: dict[int, tuple[weakref.ref, dict]], tensor: torch.Te
 
 def downsample_cached(volume: Volume, factors: tuple[float, float, float]) -> Volume:
     """`Volume.downsample` remembered per volume (same mu tensor, unmodified, same affine, same factors)."""
-    if tuple(factors) == (1.0, 1.0, 1.0):
+    if not isinstance(volume, Volume):
+        raise InputError(f"downsample_cached needs a Volume, got {type(volume).__name__}")
+    factors = _downsample_factors(factors)
+    if factors == (1.0, 1.0, 1.0):
         return volume
     mu = volume.mu
     if mu.requires_grad:  # a cached level would hold (or lack) the autograd graph of another call

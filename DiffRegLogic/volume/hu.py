@@ -9,6 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..limits import check_number
+
+
+MAX_MU_PER_MM = 10.0
+"""Largest attenuation coefficient accepted for water or bone, 1/mm (lead at 60 keV: ~6/mm)."""
+MAX_HU = 100_000.0
+"""Largest |HU| accepted for a calibration point or threshold (metal in a CT reaches ~30 000 HU)."""
 
 
 @dataclass(frozen=True)
@@ -28,12 +35,19 @@ class HUToMu:
     mu_bone: float | None = None  # default: 2 * mu_water (the HU definition)
 
     def __post_init__(self) -> None:
+        for name in ("mu_water", "bone_hu") + (("mu_bone",) if self.mu_bone is not None else ()):
+            check_number(name, getattr(self, name))  # a finite number (not a string, NaN or infinity)
         if not (self.mu_water > 0):
             raise InputError(f"mu_water must be positive (1/mm), got {self.mu_water}")
         if not (self.bone_hu > 0):
             raise InputError(f"bone_hu must be above water (0 HU), got {self.bone_hu}")
         if self.mu_bone is not None and not (self.mu_bone > self.mu_water):
             raise InputError(f"mu_bone ({self.mu_bone}) must exceed mu_water ({self.mu_water})")
+        # far beyond any diagnostic energy (water: 0.02/mm at 60 keV, 0.5/mm at 10 keV), and within float32 after HU
+        check_number("mu_water", self.mu_water, 0.0, MAX_MU_PER_MM, low_open=True, unit="1/mm")
+        check_number("bone_hu", self.bone_hu, 0.0, MAX_HU, low_open=True, unit="HU")
+        if self.mu_bone is not None:
+            check_number("mu_bone", self.mu_bone, 0.0, MAX_MU_PER_MM, low_open=True, unit="1/mm")
 
     def __call__(self, hu):
         """mu (1/mm) of HU, a tensor of any shape."""

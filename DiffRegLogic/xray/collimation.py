@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..geometry.detector import Detector
+from ..limits import check_number
 from .image import XRay
 
 COLLIMATION_TOL = 1e-6
@@ -36,12 +37,15 @@ def detect_collimation(image, tol: float = COLLIMATION_TOL) -> tuple[int, int, i
     constant image gives (0, 0, 0, 0). ``image``: (H, W) tensor or array.
     """
     a = _as_2d_array(image, "detect_collimation")
+    tol = check_number("detect_collimation tol", tol, 0.0, 1.0)
     if not np.isfinite(a).all():
         raise InputError("detect_collimation: the image has NaN or infinite values; fix them first")
-    span = float(a.max() - a.min()) if a.size else 0.0
-    if span == 0.0:
-        return (0, 0, 0, 0)
-    thr = tol * span
+    with np.errstate(over="ignore", invalid="ignore"):  # values near float64's limit: an inf span or std, no warning
+        span = float(a.max() - a.min()) if a.size else 0.0
+        return (0, 0, 0, 0) if span == 0.0 else _peel(a, tol * span)
+
+
+def _peel(a: np.ndarray, thr: float) -> tuple[int, int, int, int]:
     h, w = a.shape
     top = bottom = left = right = 0
     changed = True
@@ -83,6 +87,7 @@ def crop_detector(detector: Detector, top: int, bottom: int, left: int, right: i
     pixels, principal point ``(cx - left, cy - top)`` with (cx, cy) the
     original's (default ((W-1)/2, (H-1)/2)): every kept pixel keeps its ray.
     """
+    _check_detector(detector, "crop_detector")
     top, bottom, left, right = _check_margins((top, bottom, left, right), detector.rows, detector.cols)
     _, _, _, cx, cy = detector.tensors()
     pp = detector.principal_point
@@ -100,6 +105,7 @@ def flip_detector(detector: Detector, rows: bool = False, cols: bool = False) ->
     Size, sdd and spacing stay; the principal point moves with the pixels:
     cx -> W-1-cx, cy -> H-1-cy (a centred principal point stays centred).
     """
+    _check_detector(detector, "flip_detector")
     pp = detector.principal_point
     if pp is None or not (rows or cols):
         return detector
@@ -117,6 +123,8 @@ def crop_xray(xray: XRay, top: int, bottom: int, left: int, right: int) -> XRay:
     every kept pixel keeps its physical ray; the mask is cropped alike and
     ``meta["crop"]`` accumulates the margins relative to the image as read.
     """
+    if not isinstance(xray, XRay):
+        raise InputError(f"crop_xray needs an XRay (from read_xray or xray_from_array), got {type(xray).__name__}")
     h, w = xray.shape
     top, bottom, left, right = _check_margins((top, bottom, left, right), h, w)
     rows, cols = slice(top, h - bottom), slice(left, w - right)
@@ -151,10 +159,21 @@ def _check_margins(margins, rows: int, cols: int) -> tuple[int, int, int, int]:
     return top, bottom, left, right
 
 
+def _check_detector(detector, what: str) -> None:
+    if not isinstance(detector, Detector):
+        raise InputError(f"{what} needs a Detector, got {type(detector).__name__}")
+
+
 def _as_2d_array(image, what: str) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
-    a = np.asarray(image, dtype=np.float64)
+    try:
+        a = np.asarray(image)
+    except (TypeError, ValueError):  # ragged lists
+        a = np.asarray(None)
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{what}: expected a 2D image (H, W) of real numbers, got {type(image).__name__}")
+    a = a.astype(np.float64, copy=False)
     if a.ndim != 2:
         raise InputError(f"{what}: expected one 2D image (H, W), got shape {a.shape}")
     return a

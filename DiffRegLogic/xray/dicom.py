@@ -9,13 +9,16 @@ tags and their meaning are listed in `DiffRegLogic.xray.readers.read_xray`.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 from ..geometry.detector import Detector
+from ..limits import MAX_DETECTOR_PIXELS, MAX_DETECTOR_SIDE, PIXEL_SPACING_RANGE_MM, SDD_RANGE_MM, check_number
 from .files import XRAY_SUFFIXES, _suffix
+from .image import FLOAT32_MAX
 
 
 def _tag_number(keyword: str) -> str:
@@ -83,18 +86,26 @@ class _Tags:
         if value is None:
             return None
         try:
-            return float(value[0] if _is_multi(value) else value)
+            number = float(value[0] if _is_multi(value) else value)
         except (TypeError, ValueError, IndexError):
-            raise InputError(f"DICOM tag {keyword} {_tag_number(keyword)} is not a number: {value!r}") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise InputError(f"DICOM tag {keyword} {_tag_number(keyword)} is not a finite number: {value!r}; "
+                             "fix or remove the tag") from None
+        return number
 
     def numbers(self, keyword: str) -> list[float] | None:
         value, _ = self.get(keyword)
         if value is None:
             return None
         try:
-            return [float(v) for v in (value if _is_multi(value) else [value])]
+            numbers = [float(v) for v in (value if _is_multi(value) else [value])]
         except (TypeError, ValueError):
-            raise InputError(f"DICOM tag {keyword} {_tag_number(keyword)} is not a list of numbers: {value!r}") from None
+            numbers = [math.nan]
+        if not all(math.isfinite(v) for v in numbers):
+            raise InputError(f"DICOM tag {keyword} {_tag_number(keyword)} is not a list of finite numbers: {value!r}; "
+                             "fix or remove the tag") from None
+        return numbers
 
     def text(self, keyword: str) -> str | None:
         value, _ = self.get(keyword)
@@ -122,6 +133,12 @@ def _plain(value):
 
 
 def _read_dicom(path: Path, frame: int, meta: dict, force: bool) -> tuple[np.ndarray, dict]:
+    with warnings.catch_warnings():  # pydicom warns of every odd value; what matters is checked below
+        warnings.simplefilter("ignore")
+        return _read_dataset(path, frame, meta, force)
+
+
+def _read_dataset(path: Path, frame: int, meta: dict, force: bool) -> tuple[np.ndarray, dict]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -149,10 +166,17 @@ def _read_dicom(path: Path, frame: int, meta: dict, force: bool) -> tuple[np.nda
     meta["number_of_frames"] = frames
     if frame >= frames:
         raise InputError(f"frame={frame} asked for, but {path} has {frames} frame(s); use 0..{frames - 1}")
+    rows, cols = (int(v) if isinstance(v, (int, np.integer)) else 0 for v in (ds.get("Rows"), ds.get("Columns")))
+    if rows > MAX_DETECTOR_SIDE or cols > MAX_DETECTOR_SIDE or rows * cols > MAX_DETECTOR_PIXELS:
+        raise InputError(f"{path}: a {rows} x {cols} DICOM image is larger than DiffReg reads ({MAX_DETECTOR_SIDE} "
+                         f"pixels per side, {MAX_DETECTOR_PIXELS} in all); downsample it first")
     try:
         pixels = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        if "less than expected" in str(exc) or isinstance(exc, EOFError):
+            raise InputError(f"{path}: the DICOM pixel data is incomplete ({exc}); the file was cut short or its "
+                             "Rows/Columns/BitsAllocated tags are wrong: copy or export it again") from exc
         raise InputError(
             f"cannot decode the pixel data of {path} (transfer syntax {getattr(syntax, 'name', syntax)}): {exc}. "
             "Install a decoder for it (e.g. pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) "
@@ -192,7 +216,13 @@ def _modality_lut(ds, tags: _Tags, pixels: np.ndarray, meta: dict) -> np.ndarray
         slope = 1.0 if slope is None else slope
         intercept = 0.0 if intercept is None else intercept
         meta["modality_lut"] = f"rescale: value = stored * {slope:g} + {intercept:g}"
-        return pixels.astype(np.float64) * slope + intercept
+        with np.errstate(all="ignore"):
+            values = pixels.astype(np.float64) * slope + intercept
+        top = float(np.abs(values).max()) if values.size else 0.0
+        if not top <= FLOAT32_MAX:
+            raise InputError(f"DICOM RescaleSlope {slope:g} / RescaleIntercept {intercept:g} take the pixel values to "
+                             f"{top:.3g}, beyond float32's range (~3.4e38) that DiffReg registers in; fix the tags")
+        return values
     if "ModalityLUTSequence" in ds:
         try:
             from pydicom.pixels import apply_modality_lut
@@ -201,7 +231,11 @@ def _modality_lut(ds, tags: _Tags, pixels: np.ndarray, meta: dict) -> np.ndarray
         meta["modality_lut"] = "ModalityLUTSequence (0028,3000)"
         tags.used["ModalityLUTSequence"] = {"tag": _tag_number("ModalityLUTSequence"), "value": "<LUT>",
                                             "found_in": "top level"}
-        return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        if not np.isfinite(values).all() or (values.size and float(np.abs(values).max()) > FLOAT32_MAX):
+            raise InputError("the DICOM ModalityLUTSequence (0028,3000) gives NaN, infinite or beyond-float32 "
+                             "values; fix or remove the LUT")
+        return values
     meta["modality_lut"] = "none (stored values)"
     return pixels.astype(np.float64)
 
@@ -283,6 +317,7 @@ def _dicom_geometry(tags: _Tags, shape: tuple[int, int], frames: int, meta: dict
     if sdd is not None and spacing is not None:
         if sdd <= 0:
             raise InputError(f"DICOM DistanceSourceToDetector (0018,1110) must be positive, got {sdd:g} mm")
+        check_number("DICOM DistanceSourceToDetector (0018,1110)", sdd, *SDD_RANGE_MM, unit="mm")
         out["detector"] = Detector(rows=shape[0], cols=shape[1], sdd=sdd, pixel_spacing=spacing)
 
     for keyword in ("DetectorActiveOrigin", "DetectorActiveDimensions", "FieldOfViewOrigin",
@@ -326,9 +361,11 @@ def _dicom_geometry(tags: _Tags, shape: tuple[int, int], frames: int, meta: dict
 def _spacing_pair(values: list[float], keyword: str) -> tuple[float, float]:
     if len(values) == 1:
         values = [values[0], values[0]]
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+    low, high = PIXEL_SPACING_RANGE_MM
+    if len(values) != 2 or not all(math.isfinite(v) and low <= v <= high for v in values):
         raise InputError(
-            f"DICOM {keyword} {_tag_number(keyword)} must be two positive numbers (row\\column mm), got {values}"
+            f"DICOM {keyword} {_tag_number(keyword)} must be two numbers in {low:g}..{high:g} (row\\column mm), "
+            f"got {values}; fix the tag"
         )
     return (values[0], values[1])
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import InputError
 from ..geometry.carm import clinical_to_pose
 from ..geometry.detector import Detector
+from ..limits import MAX_DETECTOR_PIXELS, MAX_DETECTOR_SIDE, PIXEL_SPACING_RANGE_MM, check_number
+from ..volume.ct import FLOAT32_MAX
 
 CLINICAL_TAGS = ("PositionerPrimaryAngle", "PositionerSecondaryAngle", "DistanceSourceToPatient")
 """The DICOM tags an initial pose from C-arm angles needs."""
@@ -57,6 +60,35 @@ class XRay:
     clinical: tuple[float, float, float] | None = None
     mask: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image, torch.Tensor) or self.image.ndim != 2 or not self.image.is_floating_point():
+            got = tuple(self.image.shape) if isinstance(self.image, torch.Tensor) else type(self.image).__name__
+            raise InputError(f"XRay image must be a 2D floating-point torch tensor (H, W), got {got}; "
+                             "build one with xray.xray_from_array")
+        _check_values(self.image, "XRay image")
+        if self.detector is not None and not isinstance(self.detector, Detector):
+            raise InputError(f"XRay detector must be a Detector or None, got {type(self.detector).__name__}")
+        if self.mask is not None and (not isinstance(self.mask, torch.Tensor) or self.mask.dtype != torch.bool
+                                      or tuple(self.mask.shape) != tuple(self.image.shape)):
+            raise InputError(f"XRay mask must be a bool tensor of the image's shape {tuple(self.image.shape)}, got "
+                             f"{getattr(self.mask, 'dtype', type(self.mask).__name__)} "
+                             f"{tuple(getattr(self.mask, 'shape', ()))}")
+        if self.pixel_spacing is not None:
+            spacing = tuple(self.pixel_spacing) if isinstance(self.pixel_spacing, (tuple, list)) else ()
+            if len(spacing) != 2:
+                raise InputError(f"XRay pixel_spacing must be (row mm, column mm) or None, got {self.pixel_spacing!r}")
+            for name, value in zip(("row", "column"), spacing):
+                check_number(f"XRay pixel_spacing ({name})", value, *PIXEL_SPACING_RANGE_MM, unit="mm")
+        if self.clinical is not None:
+            angles = tuple(self.clinical) if isinstance(self.clinical, (tuple, list)) else ()
+            if len(angles) != 3:
+                raise InputError(f"XRay clinical must be (primary deg, secondary deg, source-to-isocenter mm) or None, "
+                                 f"got {self.clinical!r}")
+            for name, value in zip(("primary angle", "secondary angle", "source-to-isocenter distance"), angles):
+                check_number(f"XRay clinical {name}", value)
+        if not isinstance(self.meta, dict):
+            raise InputError(f"XRay meta must be a dict, got {type(self.meta).__name__}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -114,15 +146,64 @@ def check_xray(image: torch.Tensor, detector: Detector) -> None:
         )
     if image.numel() == 0:
         raise InputError("the X-ray image is empty (no pixels)")
+    if image.is_complex() or image.dtype == torch.bool:
+        raise InputError(f"the X-ray must hold real numbers, got {image.dtype}")
     values = image.detach().double()
-    bad = int((~torch.isfinite(values)).sum())
-    if bad:
-        raise InputError(
-            f"the X-ray has {bad} NaN or infinite pixel(s); fix the file or mask and fill them "
-            "before registering (e.g. a -log of zero intensities: use intensity='intensity', which clamps)"
-        )
+    _check_values(values, "the X-ray")
     if float(values.max() - values.min()) == 0.0:
         raise InputError(
             f"the X-ray is constant (every pixel = {float(values.flatten()[0]):g}): there is no structure "
             "to register; check the file, the frame and the intensity convention"
         )
+
+
+def _check_values(image: torch.Tensor, name: str) -> None:
+    """Refuse NaN/infinite values and values beyond float32 (the precision DRRs are compared in)."""
+    if not image.is_floating_point() or image.numel() == 0:
+        return
+    values = image.detach()
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        raise InputError(
+            f"{name} has {int((~finite).sum())} NaN or infinite pixel(s); fix the file or mask and fill them "
+            "before registering (e.g. a -log of zero intensities: use intensity='intensity', which clamps)"
+        )
+    top = float(values.abs().max())
+    if top > FLOAT32_MAX:
+        raise InputError(f"{name} has values up to {top:.3g}, beyond float32's range (~3.4e38) that DiffReg "
+                         "registers in; rescale the image")
+
+
+def _check_size(shape, path) -> None:
+    """Refuse an image larger than `limits.MAX_DETECTOR_SIDE` per side or `limits.MAX_DETECTOR_PIXELS` in all."""
+    pixels = int(np.prod([int(n) for n in shape], dtype=object))
+    if max((int(n) for n in shape), default=0) > MAX_DETECTOR_SIDE or pixels > MAX_DETECTOR_PIXELS:
+        raise InputError(f"{path}: an image of shape {tuple(int(n) for n in shape)} is larger than DiffReg reads "
+                         f"({MAX_DETECTOR_SIDE} pixels per side, {MAX_DETECTOR_PIXELS} in all); downsample it first")
+
+
+def _validated(array: np.ndarray, path) -> np.ndarray:
+    """The (H, W) image as float64, checked on the values as read: real, finite, within float32, not constant."""
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: pixel type {array.dtype} is not a real number type; an X-ray needs grayscale numbers")
+    if array.ndim != 2:
+        raise InputError(f"{path}: expected one 2D image, got shape {array.shape}")
+    if array.size == 0:
+        raise InputError(f"{path} holds an empty image (shape {array.shape}); give an image with pixels")
+    _check_size(array.shape, path)
+    if array.dtype.kind == "f":  # before any cast: 1e300 is finite in float64 but not in the float32 of rendering
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - np.count_nonzero(finite))
+            raise InputError(f"{path} has {bad} NaN or infinite pixel(s); fill or fix them before registering")
+        top = float(np.abs(array).max())
+        if top > FLOAT32_MAX:
+            raise InputError(f"{path}: pixel values reach {top:.3g}, beyond float32's range (~3.4e38) that DiffReg "
+                             "registers in; rescale the image (e.g. to 0..1 or detector counts) and save it again")
+    out = np.asarray(array, dtype=np.float64)
+    if out.max() == out.min():
+        raise InputError(
+            f"{path} is a constant image (every pixel = {out.flat[0]:g}): there is no structure to register; "
+            "check the file and the frame"
+        )
+    return out

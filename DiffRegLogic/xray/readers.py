@@ -31,16 +31,18 @@ cy - top) and shrinks the detector, so each kept pixel keeps its physical ray.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from ..limits import MAX_DETECTOR_PIXELS, PIXEL_SPACING_RANGE_MM, check_number
 from .collimation import _check_margins, crop_xray, detect_collimation, flip_detector
 from .dicom import _read_dicom
 from .files import DICOM_SUFFIXES, PILLOW_SUFFIXES, SITK_SUFFIXES, _suffix
-from .image import XRay
+from .image import XRay, _check_size, _validated
 from .intensity import INTENSITY_CONVENTIONS, _apply_convention
 
 __all__ = ["read_xray", "xray_from_array"]
@@ -126,6 +128,8 @@ def read_xray(path: str | os.PathLike, *, intensity: str = "auto", frame: int = 
     DICOM, more than one slice, colour, empty or non-finite images, bad
     arguments, and undecodable (compressed) DICOM pixel data.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"the X-ray path must be a file name (str or Path), got {type(path).__name__}")
     path = Path(path)
     if intensity not in INTENSITY_CONVENTIONS:
         raise InputError(f"unknown intensity convention {intensity!r}: use one of {', '.join(INTENSITY_CONVENTIONS)}")
@@ -177,11 +181,20 @@ def xray_from_array(image, *, intensity: str = "line_integral", pixel_spacing: t
         raise InputError(f"crop must be 'none', 'auto' or (top, bottom, left, right), got {crop!r}")
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
-    array = np.asarray(image)
+    try:
+        array = np.asarray(image)
+    except (TypeError, ValueError) as exc:  # ragged lists, objects
+        raise InputError(f"{name}: expected one 2D image (H, W) of numbers ({exc})") from None
     if array.ndim != 2:
         raise InputError(f"{name}: expected one 2D image (H, W), got shape {array.shape}")
     meta: dict = {"path": name, "format": "array", "frame": 0, "notes": []}
-    geometry: dict = {} if pixel_spacing is None else {"pixel_spacing": tuple(pixel_spacing)}
+    try:
+        spacing = None if pixel_spacing is None else tuple(float(v) for v in pixel_spacing)
+    except (TypeError, ValueError):
+        spacing = ()
+    if spacing is not None and len(spacing) != 2:
+        raise InputError(f"pixel_spacing must be (row mm, column mm) or None, got {pixel_spacing!r}")
+    geometry: dict = {} if spacing is None else {"pixel_spacing": spacing}
     return _build_xray(_validated(array, name), meta, geometry, intensity, False, False, crop)
 
 
@@ -250,34 +263,28 @@ def _squeeze_to_2d(array: np.ndarray, path: Path, what: str = "array") -> tuple[
     return array.reshape([array.shape[a] for a in kept]), tuple(kept)
 
 
-def _validated(array: np.ndarray, path) -> np.ndarray:
-    if array.dtype.kind not in "biuf":
-        raise InputError(f"{path}: pixel type {array.dtype} is not a real number type; an X-ray needs grayscale numbers")
-    if array.ndim != 2:
-        raise InputError(f"{path}: expected one 2D image, got shape {array.shape}")
-    if array.size == 0:
-        raise InputError(f"{path} holds an empty image (shape {array.shape}); give an image with pixels")
-    out = np.asarray(array, dtype=np.float64)
-    bad = int((~np.isfinite(out)).sum())
-    if bad:
-        raise InputError(f"{path} has {bad} NaN or infinite pixel(s); fill or fix them before registering")
-    if out.max() == out.min():
-        raise InputError(
-            f"{path} is a constant image (every pixel = {out.flat[0]:g}): there is no structure to register; "
-            "check the file and the frame"
-        )
-    return out
-
-
 def _single_frame(frame: int, path: Path, kind: str) -> None:
     if frame != 0:
         raise InputError(f"frame={frame} asked for, but {path} is a single {kind} image; use frame=0")
 
 
 def _read_npy(path: Path, frame: int, meta: dict) -> np.ndarray:
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:  # the header first: the size it announces is checked before anything is allocated
+            version = fmt.read_magic(f)
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            held = os.fstat(f.fileno()).st_size - f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise InputError(f"could not read {path} as a numpy array: {exc}; give a .npy file saved by numpy.save") from exc
+    _check_size(shape, path)
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if not dtype.hasobject and held < need:
+        raise InputError(f"{path} is truncated: its header announces a {dtype} array of shape {shape} ({need} bytes) "
+                         f"but the file holds {held} bytes; copy or save the file again")
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"could not read {path} as a numpy array: {exc}") from exc
     meta["source_dtype"] = str(array.dtype)
     if array.ndim > 2:
@@ -291,49 +298,62 @@ def _read_npy(path: Path, frame: int, meta: dict) -> np.ndarray:
 def _read_pillow(path: Path, frame: int, meta: dict) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    try:
-        img = Image.open(path)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"could not read {path} as an image: {exc}") from exc
-    with img:
-        pages = int(getattr(img, "n_frames", 1))
-        if frame >= pages:
-            raise InputError(f"frame={frame} asked for, but {path} has {pages} page(s); use 0..{pages - 1}")
-        img.seek(frame)
-        meta["format"] = (img.format or path.suffix.lstrip(".")).lower()
-        meta["source_mode"] = img.mode
-        meta["pages"] = pages
-        if img.mode in ("1", "L", "I", "F") or img.mode.startswith("I;16"):
-            array = np.asarray(img)
-        elif img.mode in ("LA", "La"):
-            array = np.asarray(img.getchannel(0))
-            meta["notes"].append(f"{img.mode} image: the alpha channel is ignored")
-        else:
-            try:
-                rgb = np.asarray(img.convert("RGB")).astype(np.int64)
-            except (ValueError, OSError) as exc:
-                raise InputError(f"{path}: image mode {img.mode} cannot be read as grayscale ({exc})") from exc
-            if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
-                raise InputError(
-                    f"{path} is a colour ({img.mode}) image; an X-ray is grayscale: export it as a "
-                    "grayscale (8- or 16-bit) PNG/TIFF, or DICOM"
-                )
-            array = rgb[..., 0]
-            meta["notes"].append(
-                f"{img.mode} image with three equal channels taken as 8-bit grayscale (one channel)"
+    with warnings.catch_warnings():  # Pillow warns of large images and odd chunks; the limits below decide
+        warnings.simplefilter("ignore")
+        try:
+            img = Image.open(path)
+            with img:
+                _check_size(img.size[::-1], path)
+                return _pillow_pixels(img, path, frame, meta)
+        except InputError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, EOFError, SyntaxError) \
+                as exc:
+            truncated = "truncated" in str(exc) or isinstance(exc, EOFError)
+            raise InputError(
+                f"could not read {path} as an image: {exc}"
+                + ("; the file was cut short (an interrupted copy or download?): copy or export it again"
+                   if truncated else "")
+            ) from exc
+
+
+def _pillow_pixels(img, path: Path, frame: int, meta: dict) -> np.ndarray:
+    """The pixels of an open Pillow image (page ``frame``) as a grayscale array."""
+    pages = int(getattr(img, "n_frames", 1))
+    if frame >= pages:
+        raise InputError(f"frame={frame} asked for, but {path} has {pages} page(s); use 0..{pages - 1}")
+    img.seek(frame)
+    meta["format"] = (img.format or path.suffix.lstrip(".")).lower()
+    meta["source_mode"] = img.mode
+    meta["pages"] = pages
+    if img.mode in ("1", "L", "I", "F") or img.mode.startswith("I;16"):
+        array = np.asarray(img)
+    elif img.mode in ("LA", "La"):
+        array = np.asarray(img.getchannel(0))
+        meta["notes"].append(f"{img.mode} image: the alpha channel is ignored")
+    else:
+        try:
+            rgb = np.asarray(img.convert("RGB")).astype(np.int64)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: image mode {img.mode} cannot be read as grayscale ({exc})") from exc
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
+            raise InputError(
+                f"{path} is a colour ({img.mode}) image; an X-ray is grayscale: export it as a "
+                "grayscale (8- or 16-bit) PNG/TIFF, or DICOM"
             )
+        array = rgb[..., 0]
+        meta["notes"].append(
+            f"{img.mode} image with three equal channels taken as 8-bit grayscale (one channel)"
+        )
     meta["source_dtype"] = str(array.dtype)
     return array
 
 
 def _read_sitk(path: Path, frame: int, meta: dict) -> tuple[np.ndarray, tuple[float, float]]:
-    from ..volume.io import _sitk
+    from ..volume.io import _sitk, read_image_file
 
     sitk = _sitk()
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"could not read {path}: {str(exc).strip().splitlines()[-1]}") from exc
+    img = read_image_file(path, "X-ray", MAX_DETECTOR_PIXELS)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{path} has {img.GetNumberOfComponentsPerPixel()} components per pixel (colour/vector); "
@@ -352,5 +372,10 @@ def _read_sitk(path: Path, frame: int, meta: dict) -> tuple[np.ndarray, tuple[fl
         kept = (0, 1)
     n = len(spacing_ijk)
     spacing = (float(spacing_ijk[n - 1 - kept[0]]), float(spacing_ijk[n - 1 - kept[1]]))
+    for name, value in zip(("row", "column"), spacing):
+        try:
+            check_number(f"{path}: pixel spacing of the {name}s", value, *PIXEL_SPACING_RANGE_MM, unit="mm")
+        except InputError as exc:
+            raise InputError(f"{exc}; fix the spacing in the file's header") from None
     meta["pixel_spacing_source"] = "file spacing (ITK column, row order)"
     return array, spacing
