@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .limits import MAX_BLUR_PX
 
 TRUNCATE = 4.0
 """The kernel is cut at ``int(TRUNCATE * sigma + 0.5)`` pixels each side (scipy's rule)."""
@@ -30,16 +31,36 @@ FFT_RADIUS = 8
 """Kernels with a radius above this many pixels are applied by FFT, smaller ones by shifted sums."""
 
 
-def check_sigma(sigma, name: str = "sigma", allow_zero: bool = True) -> float:
-    """``sigma`` as a finite float >= 0 (> 0 unless ``allow_zero``), else InputError; units are the caller's."""
+def check_sigma(sigma, name: str = "sigma", allow_zero: bool = True, high: float | None = MAX_BLUR_PX) -> float:
+    """``sigma`` as a finite float >= 0 (> 0 unless ``allow_zero``) and <= ``high``, else InputError.
+
+    Units are the caller's (pixels for `gaussian_blur`, whose kernels are
+    limited to `MAX_BLUR_PX` pixels so that one never needs more memory
+    than the image many times over); ``high=None`` lifts the upper bound.
+    """
+    if isinstance(sigma, (bool, str, bytes)):
+        raise InputError(f"{name} must be a number of pixels, got {sigma!r:.60}")
     try:
         value = float(sigma)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number of pixels, got {sigma!r}") from None
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        raise InputError(f"{name} must be a finite number of pixels, got {type(sigma).__name__} "
+                         f"{_shown(sigma)}") from None
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise InputError(f"{name} must be a finite number {bound} (pixels), got {sigma!r}")
+        raise InputError(f"{name} must be a finite number {bound} (pixels), got {_shown(sigma)}")
+    if high is not None and value > high:
+        raise InputError(f"{name} must be at most {high:g} pixels, got {value:g}; a Gaussian that wide averages "
+                         "the whole image (downsample the image first for such a blur)")
     return value
+
+
+def _shown(value) -> str:
+    """A short repr (integers of more than 4300 digits have none)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a huge integer"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def blur_radius(sigma: float) -> int:

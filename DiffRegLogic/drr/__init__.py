@@ -11,6 +11,7 @@ Modules:
 * `rays`: rays of detector pixels in index space, clipped to the volume box;
 * `siddon`, `trilinear`: the pure-PyTorch reference renderers;
 * `fused_cpu`: the numba kernels (CPU) with analytic backward;
+* `numba_cache`: where they are cached (a per-user folder when the install is read-only);
 * `fused_triton`, `triton_kernels`: the Triton kernels (CUDA);
 * `jacobian`: DRRs and their Jacobian w.r.t. pose parameters (Levenberg-Marquardt);
 * `polychromatic`: the energy sum of a `MaterialVolume`;

@@ -31,11 +31,14 @@ so that the command line tool can list the choices cheaply.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Callable
 
 from ..errors import InputError
+from ..limits import MAX_SAMPLES_PER_RAY, MEMORY_MB_RANGE, STEP_VOXELS_RANGE, check_number
 
 RENDERERS: dict[str, str] = {"siddon": "exact radiological path", "trilinear": "trilinear ray marching"}
 BACKENDS = ("auto", "fused", "triton", "reference")
@@ -107,12 +110,65 @@ INTEGRATORS: dict[tuple[str, str], Integrator] = {
 
 
 def _entry(renderer: str, backend: str) -> Integrator:
-    if renderer not in RENDERERS:
+    if not isinstance(renderer, str) or renderer not in RENDERERS:
         raise InputError(f"unknown renderer {renderer!r}; choose one of {sorted(RENDERERS)}")
     entry = INTEGRATORS.get((renderer, backend))
     if entry is None:
         raise InputError(f"no {renderer} integrator for backend {backend!r}; backends: {', '.join(BACKENDS)}")
     return entry
+
+
+def check_render_options(renderer: str, step_voxels: float, max_memory_mb: float, tile_rays: int | None = None,
+                         shape_ijk: tuple[int, int, int] | None = None) -> tuple[float, float, int | None]:
+    """``(step_voxels, max_memory_mb, tile_rays)`` checked against `DiffRegLogic.limits`, else `InputError`.
+
+    ``step_voxels`` (voxels) must lie in `STEP_VOXELS_RANGE` (also for Siddon,
+    which ignores it), ``max_memory_mb`` (MB) in `MEMORY_MB_RANGE`,
+    ``tile_rays`` be None or a whole number >= 1. With ``shape_ijk`` (the CT's
+    voxels along i, j, k) the most samples (trilinear) or plane crossings
+    (Siddon) one ray can take must stay within `MAX_SAMPLES_PER_RAY`, so
+    that no ray runs for hours.
+    """
+    _entry(renderer, "reference")
+    try:
+        step = check_number("step_voxels", step_voxels, *STEP_VOXELS_RANGE, unit="voxels")
+    except InputError as exc:
+        raise InputError(f"{exc}; it is the trilinear renderer's step along the ray (1 voxel is the usual, "
+                         "smaller is more accurate and slower)") from None
+    try:
+        memory = check_number("max_memory_mb", max_memory_mb, *MEMORY_MB_RANGE, unit="MB")
+    except InputError as exc:
+        raise InputError(f"{exc}; it is the working-memory budget of one render (default "
+                         f"{DEFAULT_MAX_MEMORY_MB:g} MB)") from None
+    tiles = None
+    if tile_rays is not None:
+        hint = "; it is the number of detector pixels rendered together (leave it unset to size tiles by memory)"
+        if isinstance(tile_rays, numbers.Integral) and not isinstance(tile_rays, bool) and tile_rays < 1:
+            shown = tile_rays if tile_rays > -10**15 else "a huge negative integer"
+            raise InputError(f"tile_rays must be at least 1, got {shown}{hint}")
+        try:
+            tiles = check_number("tile_rays", tile_rays, 1, None, integer=True)
+        except InputError as exc:
+            raise InputError(f"{exc}{hint}") from None
+    if shape_ijk is not None:
+        longest = max(int(n) for n in shape_ijk)
+        if renderer == "trilinear":
+            samples = math.ceil(longest / step) + 2  # as trilinear.max_samples_per_ray
+            if samples > MAX_SAMPLES_PER_RAY:
+                smallest = longest / (MAX_SAMPLES_PER_RAY - 2)
+                raise InputError(
+                    f"step_voxels = {step:g} gives up to {samples} trilinear samples per ray on this CT "
+                    f"({longest} voxels along its longest axis / step), more than the limit of "
+                    f"{MAX_SAMPLES_PER_RAY} that keeps a render finite in time; use step_voxels >= {smallest:.3g}, "
+                    "the siddon renderer (exact, no step) or a downsampled CT")
+        else:
+            crossings = sum(int(n) for n in shape_ijk) + 5  # as siddon.max_samples_per_ray
+            if crossings > MAX_SAMPLES_PER_RAY:
+                raise InputError(
+                    f"a Siddon ray can cross up to {crossings} voxel planes of this CT of {tuple(shape_ijk)} voxels, "
+                    f"more than the limit of {MAX_SAMPLES_PER_RAY} that keeps a render finite in time; "
+                    "downsample the CT (volume.downsample)")
+    return step, memory, tiles
 
 
 def integrator(renderer: str, step_voxels: float, backend: str = "reference"
@@ -135,7 +191,7 @@ def resolve_backend(backend: str, mu, mu_grad: bool = False) -> str:
 
     from . import fused_cpu, fused_triton
 
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "reference":
         return "reference"

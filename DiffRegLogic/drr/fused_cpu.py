@@ -36,6 +36,16 @@ Siddon: ``V = sum_c alpha_c (mu_before(c) - mu_after(c))`` over the sorted
 crossings including entry and exit (summation by parts, as the reference's
 surrogate); a crossing of plane ``p`` of axis ``a`` has ``alpha = (p - s_a) / d_a``,
 so ``d alpha / d s_a = -1 / d_a`` and ``d alpha / d d_a = -alpha / d_a``.
+
+Every loop is bounded by the box, whatever the rays: a Siddon ray walks at
+most n + 1 planes per axis, a trilinear ray at most ``max(n) / step + 2``
+full steps, so extreme or non-finite rays (which no `Detector` makes) end
+with a meaningless value instead of looping for ever.
+
+The compiled kernels are cached on disk by numba: in this package's
+``drr/__pycache__``, or, when that is not writable (a shared install), in a
+per-user folder (`DiffRegLogic.drr.numba_cache`; ``numba_cache.cache_dir()``
+says which); with nothing writable they are compiled in every process.
 """
 
 from __future__ import annotations
@@ -46,6 +56,10 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..errors import InputError
+from .numba_cache import cache_dir  # noqa: F401  (where the kernels are cached; see the module docstring)
+from .numba_cache import configure as _configure_cache
+
 try:  # optional at import: without numba the reference renderers are used
     import numba
     from numba import njit, prange
@@ -55,6 +69,10 @@ except ImportError:  # pragma: no cover - numba is a dependency, but keep the en
     numba = None
     AVAILABLE = False
 
+if AVAILABLE:
+    CACHE = _configure_cache()  # before the kernels are defined: where (and whether) numba caches them
+    """True when the compiled kernels are cached on disk (`numba_cache.cache_dir` says where)."""
+
 # Working memory per ray (bytes): rays, t-ranges, per-ray gradients (float64) and autograd's ray tensors.
 BYTES_PER_RAY = 512
 
@@ -62,7 +80,7 @@ _TINY = 1e-9  # as the reference: direction components below this are treated as
 
 if AVAILABLE:
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _cell(p, n):
         """Border-clamped coordinate -> (lower corner, fraction, gradient gate) along one axis.
 
@@ -83,13 +101,13 @@ if AVAILABLE:
             lo = n - 2
         return lo, p - lo, gate
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _corners(flat, ni, nij, i0, j0, k0):
         base = k0 * nij + j0 * ni + i0
         return (flat[base], flat[base + 1], flat[base + ni], flat[base + ni + 1],
                 flat[base + nij], flat[base + nij + 1], flat[base + nij + ni], flat[base + nij + ni + 1])
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _value(flat, ni, nj, nk, pi, pj, pk):
         """Trilinear value of the flat (K, J, I) volume at index point (pi, pj, pk)."""
         i0, fi, _ = _cell(pi, ni)
@@ -104,7 +122,7 @@ if AVAILABLE:
         b1 = a10 + fj * (a11 - a10)
         return b0 + fk * (b1 - b0)
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _trilinear(flat, ni, nj, nk, pi, pj, pk):
         """Value and gradient (d/dpi, d/dpj, d/dpk) of the trilinear interpolant at (pi, pj, pk)."""
         i0, fi, gi = _cell(pi, ni)
@@ -125,7 +143,7 @@ if AVAILABLE:
         d_k = (b1 - b0) * gk
         return value, d_i, d_j, d_k
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _fast_value(flat, ni, nij, pi, pj, pk):
         """`_value` for a point well inside [0, n - 1) on every axis: no clamping, no branches."""
         i0 = int(pi)
@@ -143,7 +161,7 @@ if AVAILABLE:
         b1 = a10 + fj * (a11 - a10)
         return b0 + fk * (b1 - b0)
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _fast_trilinear(flat, ni, nij, pi, pj, pk):
         """`_trilinear` for a point well inside [0, n - 1) on every axis (every gradient gate open)."""
         i0 = int(pi)
@@ -164,7 +182,7 @@ if AVAILABLE:
         return (b0 + fk * (b1 - b0), di0 + fk * (di1 - di0), (a01 - a00) + fk * ((a11 - a10) - (a01 - a00)),
                 b1 - b0)
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _inner_samples(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn, h, whole):
         """Range [first, last) of full-step samples that lie inside [m, n - 1 - m] on every axis (m = 1e-6).
 
@@ -198,7 +216,31 @@ if AVAILABLE:
             return 0, 0
         return first, last
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
+    def _max_steps(ni, nj, nk, step_voxels):
+        """Most full steps a ray inside the box can take (the trilinear loops' bound), an int in [0, 2**31].
+
+        The chord of a ray spans at most max(n) voxels along its dominant
+        axis, so ``floor(chord / h) <= max(n) / step``. (A non-finite or
+        non-positive step, refused before the kernels by `integrate`, gives
+        some bound in [0, 2**31].)
+        """
+        cap = math.ceil(max(ni, nj, nk) / step_voxels) + 2
+        return min(max(cap, 0), 2**31)
+
+    @njit(cache=CACHE, inline="always", fastmath=True)
+    def _sample_ranges(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn, h, whole):
+        """`_inner_samples`, clamped to [0, whole] as integers, and the number of full steps.
+
+        On normal rays this changes nothing (``0 <= first <= last <= whole``);
+        on extreme or non-finite ones (a NaN ``whole``, whose conversion to an
+        integer is arbitrary) it keeps every loop within ``whole`` steps.
+        """
+        steps = max(whole, 0)
+        first, last = _inner_samples(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn, h, whole)
+        return min(max(first, 0), steps), min(max(last, 0), steps), steps
+
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _step_size(d0, d1, d2, step_voxels):
         """alpha per step and the index of the dominant direction component."""
         a0, a1, a2 = abs(d0), abs(d1), abs(d2)
@@ -210,18 +252,19 @@ if AVAILABLE:
             axis, big = 2, a2
         return step_voxels / big, axis
 
-    @njit(cache=True, parallel=True, fastmath=True)
+    @njit(cache=CACHE, parallel=True, fastmath=True)
     def trilinear_forward(flat, ni, nj, nk, src, d, tn, tf, step_voxels, out):
         """out[n] = midpoint-rule integral of the flat (K, J, I) volume along ray n (alpha units)."""
+        most = _max_steps(ni, nj, nk, step_voxels)
         for n in prange(src.shape[0]):
             s0, s1, s2 = src[n, 0], src[n, 1], src[n, 2]
             d0, d1, d2 = d[n, 0], d[n, 1], d[n, 2]
             h, _ = _step_size(d0, d1, d2, step_voxels)
             chord = tf[n] - tn[n]
-            whole = math.floor(chord / h)
+            whole = min(math.floor(chord / h), most)  # integers (numba's floor is an int)
             rest = chord - whole * h
             nij = ni * nj
-            first, last = _inner_samples(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn[n], h, whole)
+            first, last, steps = _sample_ranges(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn[n], h, whole)
             acc = 0.0
             for k in range(first):
                 a = tn[n] + (k + 0.5) * h
@@ -229,31 +272,32 @@ if AVAILABLE:
             for k in range(first, last):
                 a = tn[n] + (k + 0.5) * h
                 acc += _fast_value(flat, ni, nij, s0 + a * d0, s1 + a * d1, s2 + a * d2)
-            for k in range(max(first, last), int(whole)):
+            for k in range(max(first, last), steps):
                 a = tn[n] + (k + 0.5) * h
                 acc += _value(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
             a = tn[n] + whole * h + 0.5 * rest
             out[n] = acc * h + rest * _value(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
 
-    @njit(cache=True, parallel=True, fastmath=True)
+    @njit(cache=CACHE, parallel=True, fastmath=True)
     def trilinear_with_gradient(flat, ni, nj, nk, src, d, tn, tf, step_voxels, out, partials):
         """`trilinear_forward` plus, per ray, d value / d (s0, s1, s2, d0, d1, d2, t_near, t_far) in ``partials`` (N, 8).
 
         One pass: the backward then only scales these by the upstream gradient.
         """
+        most = _max_steps(ni, nj, nk, step_voxels)
         for n in prange(src.shape[0]):
             s0, s1, s2 = src[n, 0], src[n, 1], src[n, 2]
             d0, d1, d2 = d[n, 0], d[n, 1], d[n, 2]
             h, axis = _step_size(d0, d1, d2, step_voxels)
             chord = tf[n] - tn[n]
-            whole = math.floor(chord / h)
+            whole = min(math.floor(chord / h), most)  # integers (numba's floor is an int)
             rest = chord - whole * h
             # raw sums over the full samples: V = sum f, S = sum grad f, D = sum alpha grad f
             acc = 0.0
             gs0 = gs1 = gs2 = 0.0
             gd0 = gd1 = gd2 = 0.0
             nij = ni * nj
-            first, last = _inner_samples(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn[n], h, whole)
+            first, last, steps = _sample_ranges(s0, s1, s2, d0, d1, d2, ni, nj, nk, tn[n], h, whole)
             for k in range(first):
                 a = tn[n] + (k + 0.5) * h
                 v, fi, fj, fk = _trilinear(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
@@ -274,7 +318,7 @@ if AVAILABLE:
                 gd0 += a * fi
                 gd1 += a * fj
                 gd2 += a * fk
-            for k in range(max(first, last), int(whole)):
+            for k in range(max(first, last), steps):
                 a = tn[n] + (k + 0.5) * h
                 v, fi, fj, fk = _trilinear(flat, ni, nj, nk, s0 + a * d0, s1 + a * d1, s2 + a * d2)
                 acc += v
@@ -328,7 +372,7 @@ if AVAILABLE:
             partials[n, 6] = gtn
             partials[n, 7] = gtf
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _siddon_setup(s, dd, tn, tf, n_axis, stride):
         """Per-axis Siddon state as the reference builds it: entry voxel, crossing count, first alpha, increment."""
         pin = s + tn * dd
@@ -349,9 +393,12 @@ if AVAILABLE:
         first = (voxel + 0.5 * step - s) / safe
         inc = step / safe
         delta = stride if forward else -stride
-        return int(voxel), int(count), first, inc, delta, safe
+        # A ray inside the box crosses at most the n + 1 planes of the axis; clamping (after the conversion too,
+        # which turns NaN or huge counts of extreme or non-finite rays into arbitrary integers) bounds the loop.
+        crossings = min(max(int(min(count, n_axis + 1.0)), 0), n_axis + 1)
+        return int(voxel), crossings, first, inc, delta, safe
 
-    @njit(cache=True, inline="always", fastmath=True)
+    @njit(cache=CACHE, inline="always", fastmath=True)
     def _siddon_ray(flat_mu, src, d, tn, tf, ni, nj, nk, g, grads):
         """Integral of one ray; with ``grads`` (length 8) also its gradients times g (s0..2, d0..2, tn, tf)."""
         numel = flat_mu.shape[0]
@@ -365,7 +412,9 @@ if AVAILABLE:
         mu_cur = float(flat_mu[min(max(cur, 0), numel - 1)])
         if grads is not None:
             grads[6] -= g * mu_cur  # entry: weight 0 - mu_first
-        while k0 < c0 or k1 < c1 or k2 < c2:
+        # one crossing per pass: c0 + c1 + c2 passes at most (a while loop over the pending crossings never ended
+        # when no pending alpha compared below 1e300, as NaN or infinite ones of a non-finite ray do)
+        for _ in range(c0 + c1 + c2):
             # next crossing: the smallest pending alpha (the reference sorts them)
             best = 1e300
             axis = -1
@@ -381,6 +430,8 @@ if AVAILABLE:
                 a = f2 + k2 * i2
                 if a < best:
                     best, axis = a, 2
+            if axis < 0:  # no pending crossing has a finite alpha (a non-finite ray): the value is not meaningful
+                break
             # crossings stay within [t_near, t_far] (as the reference); a clamped one moves with that end
             clamped = 0
             alpha = best
@@ -419,13 +470,13 @@ if AVAILABLE:
             grads[7] += g * mu_cur  # exit: weight mu_last - 0
         return total
 
-    @njit(cache=True, parallel=True, fastmath=True)
+    @njit(cache=CACHE, parallel=True, fastmath=True)
     def siddon_forward(flat_mu, ni, nj, nk, src, d, tn, tf, out):
         """out[n] = exact radiological path of ray n through the voxel grid (alpha units)."""
         for n in prange(src.shape[0]):
             out[n] = _siddon_ray(flat_mu, src[n], d[n], tn[n], tf[n], ni, nj, nk, 0.0, None)
 
-    @njit(cache=True, parallel=True, fastmath=True)
+    @njit(cache=CACHE, parallel=True, fastmath=True)
     def siddon_with_gradient(flat_mu, ni, nj, nk, src, d, tn, tf, out, partials):
         """`siddon_forward` plus, per ray, d value / d (s0, s1, s2, d0, d1, d2, t_near, t_far) in ``partials`` (N, 8)."""
         for n in prange(src.shape[0]):
@@ -485,6 +536,8 @@ def integrate(mu: torch.Tensor, rays, renderer: str = "siddon", step_voxels: flo
         raise RuntimeError("the fused CPU renderer needs numba: pip install numba")
     if mu.requires_grad and torch.is_grad_enabled():
         raise ValueError("the fused CPU renderer has no gradient w.r.t. mu; use backend='reference'")
+    if renderer == "trilinear" and not (isinstance(step_voxels, (int, float)) and 0 < step_voxels < math.inf):
+        raise InputError(f"step_voxels must be a finite positive number of voxels, got {step_voxels!r}")
     b, r = rays.direction.shape[:2]
     value = _FusedIntegral.apply(mu, *rays.flat(), renderer, step_voxels)
     return value.reshape(b, r) * rays.length_mm

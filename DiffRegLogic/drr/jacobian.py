@@ -24,7 +24,8 @@ from ..geometry.detector import Detector
 from ..physics.materials import MaterialVolume
 from ..volume.ct import Volume
 from . import polychromatic
-from .backends import DEFAULT_MAX_MEMORY_MB, field_integrator, ray_dtype_for, rays_per_tile, resolve_backend
+from .backends import (DEFAULT_MAX_MEMORY_MB, check_render_options, field_integrator, ray_dtype_for, rays_per_tile,
+                       resolve_backend)
 from .rays import RayBundle, clip_to_box, detector_pixels
 
 
@@ -84,8 +85,15 @@ def render_with_jacobian(
         both detached, in the dtype of ``volume.mu`` (for a `MaterialVolume`:
         its polychromatic signal, chained through each channel's Jacobian).
     """
-    if params.ndim != 2:
-        raise InputError(f"params must be (B, P), got shape {tuple(params.shape)}")
+    if not isinstance(volume, Volume):
+        raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
+    if not isinstance(detector, Detector):
+        raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
+    if not isinstance(params, torch.Tensor) or params.ndim != 2:
+        raise InputError(f"params must be a (B, P) tensor, got {_shape_of(params)}")
+    step_voxels, budget, _ = check_render_options(
+        renderer, step_voxels, DEFAULT_MAX_MEMORY_MB if max_memory_mb is None else max_memory_mb, None,
+        volume.shape_ijk)
     field = volume.densities if isinstance(volume, MaterialVolume) else volume.mu
     backend = resolve_backend(backend, field)
     integrate = field_integrator(renderer, step_voxels, backend, field)
@@ -97,7 +105,6 @@ def render_with_jacobian(
     pose, d_pose = pose_jacobian(pose_of, params)
     pose, d_pose = pose.detach(), d_pose.detach()
     pixels = detector_pixels(detector, ray_dtype, device)
-    budget = DEFAULT_MAX_MEMORY_MB if max_memory_mb is None else max_memory_mb
     tile = rays_per_tile(volume, n_poses * n_channels, renderer, step_voxels, budget, backend)
     values, jacobians = [], []
     mu = field.detach()
@@ -120,3 +127,7 @@ def render_with_jacobian(
     if not math.isfinite(float(jac.abs().sum())):
         raise FloatingPointError("the DRR Jacobian is not finite; check that the pose keeps the CT in front of the source")
     return drr, jac
+
+
+def _shape_of(value) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__

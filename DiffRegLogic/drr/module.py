@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..geometry.detector import Detector
 from ..physics.materials import MaterialVolume
 from ..volume.ct import Volume
-from .backends import DEFAULT_MAX_MEMORY_MB
+from .backends import BACKENDS, DEFAULT_MAX_MEMORY_MB, check_render_options
 from .rendering import render
 
 
@@ -28,7 +28,7 @@ class DRR(torch.nn.Module):
     Args:
         volume: the CT (`Volume` or `MaterialVolume`); its tensors become buffers.
         detector: the detector geometry.
-        renderer, step_voxels, max_memory_mb, backend: as for `render`.
+        renderer, step_voxels, max_memory_mb, backend: as for `render` (checked here, InputError).
     """
 
     def __init__(self, volume: Volume, detector: Detector, renderer: str = "siddon", *, step_voxels: float = 1.0,
@@ -38,6 +38,10 @@ class DRR(torch.nn.Module):
             raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
         if not isinstance(detector, Detector):
             raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
+        step_voxels, max_memory_mb, _ = check_render_options(renderer, step_voxels, max_memory_mb, None,
+                                                             volume.shape_ijk)
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.detector = detector
         self.options = dict(renderer=renderer, step_voxels=step_voxels, max_memory_mb=max_memory_mb, backend=backend)
         self.register_buffer("mu", volume.mu)

@@ -24,7 +24,10 @@ def simulate_radiograph(volume: Volume, detector: Detector, pose, realism: Reali
     """
     if output not in ("line_integral", "intensity"):
         raise InputError(f"unknown output {output!r}; choose line_integral or intensity")
-    realism = realism or Realism()
+    realism = Realism() if realism is None else realism
+    if not isinstance(realism, Realism):
+        raise InputError(f"realism must be a Realism or None, got {type(realism).__name__}")
+    realism.check_detector(detector)  # before the render: its kernels must fit this detector
     if isinstance(volume, MaterialVolume):
         volume = volume.with_beam(replace(volume.beam, output="intensity"))
         intensity = render(volume, detector, pose, renderer, **render_options)

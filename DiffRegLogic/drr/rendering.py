@@ -31,8 +31,8 @@ from ..geometry.rigid import check_pose
 from ..physics.materials import MaterialVolume
 from ..volume.ct import Volume
 from . import fused_triton, polychromatic
-from .backends import (DEFAULT_MAX_MEMORY_MB, FUSED_BACKENDS, bytes_per_ray, field_integrator, ray_dtype_for,
-                       rays_per_tile, resolve_backend)
+from .backends import (DEFAULT_MAX_MEMORY_MB, FUSED_BACKENDS, bytes_per_ray, check_render_options, field_integrator,
+                       ray_dtype_for, rays_per_tile, resolve_backend)
 from .rays import detector_pixels, pixel_rays
 
 
@@ -55,9 +55,10 @@ def render(
         detector: detector geometry (intrinsics may be tensors with grad).
         pose: camera_from_world, (4, 4) or (B, 4, 4), mm; may require grad.
         renderer: "siddon" or "trilinear".
-        step_voxels: trilinear step in voxels (ignored by Siddon).
-        max_memory_mb: working-memory budget (MB) of the whole call, forward and backward.
-        tile_rays: explicit number of pixels per tile (overrides the budget). The Triton backend
+        step_voxels: trilinear step in voxels (ignored by Siddon), in `STEP_VOXELS_RANGE`; a trilinear ray
+            takes at most `MAX_SAMPLES_PER_RAY` samples (longest CT axis / step), else InputError.
+        max_memory_mb: working-memory budget (MB) of the whole call, forward and backward, in `MEMORY_MB_RANGE`.
+        tile_rays: explicit number of pixels per tile, a whole number >= 1 (overrides the budget). The Triton backend
             without autograd does not tile: it builds each ray inside its kernel.
         backend: "auto", "fused", "triton" or "reference" (see the module docstring).
         volume_dtype: storage dtype of the volume for the Triton kernels (torch.float16 or
@@ -75,6 +76,8 @@ def render(
         raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
     if not isinstance(detector, Detector):
         raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
+    step_voxels, max_memory_mb, tile_rays = check_render_options(renderer, step_voxels, max_memory_mb, tile_rays,
+                                                                 volume.shape_ijk)
     options = dict(step_voxels=step_voxels, max_memory_mb=max_memory_mb, tile_rays=tile_rays, backend=backend,
                    volume_dtype=volume_dtype)
     if isinstance(volume, MaterialVolume):
@@ -98,8 +101,6 @@ def _render_line_integrals(volume: Volume, detector: Detector, pose, renderer: s
     n_channels = field.shape[0] if field.ndim == 4 else 1
     mu_grad = torch.is_grad_enabled() and field.requires_grad
     backend = resolve_backend(backend, field, mu_grad)
-    if not (max_memory_mb > 0):
-        raise InputError(f"max_memory_mb must be a positive number of MB, got {max_memory_mb}")
     if volume_dtype is not None:
         if backend != "triton":
             raise InputError(f"volume_dtype is a storage option of the 'triton' backend; this render uses "
@@ -111,8 +112,6 @@ def _render_line_integrals(volume: Volume, detector: Detector, pose, renderer: s
     pose = check_pose(pose).to(device=volume.mu.device, dtype=ray_dtype)
     n_poses = pose.shape[0]
     needs_grad = torch.is_grad_enabled() and (pose.requires_grad or field.requires_grad or _detector_requires_grad(detector))
-    if tile_rays is not None and tile_rays < 1:
-        raise InputError(f"tile_rays must be at least 1, got {tile_rays}")
     if backend == "triton" and not needs_grad and field.ndim == 3:
         # no autograd: one kernel builds the rays itself (memory = volume + output; tiles are not needed)
         try:

@@ -202,7 +202,10 @@ def _trilinear_ray(vol, ni, nj, nk, s0, s1, s2, d0, d1, d2, tn, tf, live, step_v
     big = tl.maximum(tl.maximum(a0, a1), a2)
     h = step_voxels / big
     chord = tf - tn
-    whole = tl.floor(chord / h)
+    # a chord inside the box spans at most max(n) voxels along the dominant axis: the cap bounds the loop on
+    # extreme rays (and keeps the int32 conversion in range)
+    cap = tl.ceil(tl.maximum(tl.maximum(ni, nj), nk).to(tl.float32) / step_voxels) + 2.0
+    whole = tl.minimum(tl.floor(chord / h), cap)
     rest = chord - whole * h
     n_whole = tl.where(live, whole.to(tl.int32), 0)
     n_max = tl.max(n_whole, axis=0)
@@ -275,6 +278,8 @@ def _siddon_axis(s, dd, tn, tf, n_axis, stride):
     count = tl.maximum(tl.ceil(hi + 0.5) - 1.0 - tl.floor(lo + 0.5), 0.0)
     parallel = tl.abs(dd) < 1e-9  # parallel to this axis's planes: no crossings (as the reference)
     count = tl.where(parallel, 0.0, count)
+    # a ray inside the box crosses at most the n + 1 planes of the axis: bounds the loop on extreme rays
+    count = tl.minimum(count, n_axis + 1.0)
     step = tl.where(forward, 1.0, -1.0)
     safe = tl.where(parallel, 1e-9, dd)
     first = (voxel + 0.5 * step - s) / safe

@@ -10,11 +10,14 @@ pixel centres. Lengths in mm, pixel coordinates as (u = column, v = row).
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 
 from ..errors import InputError
+from ..limits import (MAX_DETECTOR_PIXELS, MAX_DETECTOR_SIDE, MAX_PRINCIPAL_POINT_PX, PIXEL_SPACING_RANGE_MM,
+                      SDD_RANGE_MM, check_number)
 
 Number = float | torch.Tensor
 
@@ -48,27 +51,23 @@ class Detector:
 
     def __post_init__(self) -> None:
         for name in ("rows", "cols"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise InputError(
-                    f"detector {name} must be a positive integer, got {value!r}; "
-                    "a detector needs at least one pixel in each direction"
-                )
-            object.__setattr__(self, name, int(value))  # numpy integers -> int
-        sdd = _as_float_tensor(self.sdd)
-        if sdd.numel() != 1 or not torch.isfinite(sdd).all() or float(sdd) <= 0:
-            raise InputError(f"source-to-detector distance must be a finite positive number of mm, got {self.sdd!r}")
-        spacing = _as_float_tensor(self.pixel_spacing)
-        if spacing.shape != (2,) or not torch.isfinite(spacing).all() or (spacing <= 0).any():
+            object.__setattr__(self, name, _check_side(name, getattr(self, name)))  # numpy integers -> int
+        if self.rows * self.cols > MAX_DETECTOR_PIXELS:
             raise InputError(
-                f"pixel spacing must be two finite positive numbers (row mm, column mm), got {self.pixel_spacing!r}"
+                f"detector rows x cols = {self.rows} x {self.cols} = {self.rows * self.cols} pixels, more than the "
+                f"{MAX_DETECTOR_PIXELS} a DRR may have; downsample the X-ray (or give a coarser geometry)"
             )
+        checks = [("sdd", self.sdd, 1), ("pixel_spacing", self.pixel_spacing, 2)]
         if self.principal_point is not None:
-            pp = _as_float_tensor(self.principal_point)
-            if pp.shape != (2,) or not torch.isfinite(pp).all():
-                raise InputError(
-                    f"principal point must be two finite numbers (column px, row px), got {self.principal_point!r}"
-                )
+            checks.append(("principal_point", self.principal_point, 2))
+        for name, value, count in checks:  # the ranges of limits.py, messages naming the field
+            must, limits, unit, hint = _FIELDS[name]
+            for number in _values(name, value, count, must.format(*limits)):
+                try:
+                    check_number(name, number, *limits)
+                except InputError:
+                    raise InputError(f"{must.format(*limits)} (detector {name}), got {_shown(value)}{unit}; "
+                                     f"{hint}") from None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -102,14 +101,19 @@ class Detector:
         )
 
     def downsample(self, factor: float) -> "Detector":
-        """The same physical detector with ``factor`` times fewer pixels per side.
+        """The same physical detector with ``factor`` (a finite number >= 1) times fewer pixels per side.
 
         The detector's physical extent and principal point (in mm) are kept:
         pixel spacing grows by ``old_size / new_size`` and pixel-centre
-        coordinates map as ``c' = (c + 0.5) * new/old - 0.5``.
+        coordinates map as ``c' = (c + 0.5) * new/old - 0.5``. The coarse
+        detector of a pyramid level may have pixels larger than
+        `PIXEL_SPACING_RANGE_MM` allows for an input geometry (its extent is
+        that of this valid detector), so it is not checked against that bound.
         """
-        if factor < 1:
-            raise InputError(f"downsampling factor must be >= 1, got {factor}")
+        try:
+            factor = check_number("downsampling factor", factor, 1.0, None)
+        except InputError as exc:
+            raise InputError(f"{exc}; the factor divides the pixels per side (1 keeps the detector as it is)") from None
         rows = max(1, int(round(self.rows / factor)))
         cols = max(1, int(round(self.cols / factor)))
         sy, sx = self.rows / rows, self.cols / cols
@@ -117,14 +121,83 @@ class Detector:
         pp = None
         if self.principal_point is not None:
             pp = ((self.principal_point[0] + 0.5) / sx - 0.5, (self.principal_point[1] + 0.5) / sy - 0.5)
-        return replace(self, rows=rows, cols=cols, pixel_spacing=spacing, principal_point=pp)
+        if rows == self.rows and cols == self.cols:
+            return replace(self, pixel_spacing=spacing, principal_point=pp)
+        # derived from this checked detector: fewer pixels, same extent (no re-check of the spacing bound)
+        coarse = object.__new__(type(self))
+        for field in fields(self):
+            object.__setattr__(coarse, field.name, getattr(self, field.name))
+        for name, value in (("rows", rows), ("cols", cols), ("pixel_spacing", spacing), ("principal_point", pp)):
+            object.__setattr__(coarse, name, value)
+        return coarse
 
 
-def _as_float_tensor(x) -> torch.Tensor:
+def _check_side(name: str, value) -> int:
+    """``value`` as an int in [1, MAX_DETECTOR_SIDE], else InputError naming detector ``name``."""
+    must = f"detector {name} must be a positive integer (a whole number of pixels from 1 to {MAX_DETECTOR_SIDE})"
+    hint = "a detector needs at least one pixel in each direction"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) > 2**53:
+        # check_number would format such an integer as a float (OverflowError beyond 1e308)
+        raise InputError(f"{must}, got an integer of about {_digits(value)} digits; {hint}")
     try:
-        return torch.as_tensor(x, dtype=torch.float64).detach() if not isinstance(x, torch.Tensor) else x.detach().double()
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"expected numbers, got {x!r}") from exc
+        return check_number(name, value, 1, MAX_DETECTOR_SIDE, integer=True)
+    except InputError:
+        raise InputError(f"{must}, got {_shown(value)}; {hint}") from None
+
+
+def _digits(value: numbers.Integral) -> int:
+    """Decimal digits of a (huge) integer, without str() (which refuses more than 4300 digits)."""
+    return int(abs(int(value)).bit_length() * 0.30103) + 1
+
+
+_FIELDS = {
+    "sdd": ("source-to-detector distance must be a finite positive number of mm from {:g} to {:g}", SDD_RANGE_MM,
+            " mm", "C-arms have source-to-detector distances of about 1000 mm"),
+    "pixel_spacing": ("pixel spacing must be two finite positive numbers (row mm, column mm) from {:g} to {:g} mm",
+                      PIXEL_SPACING_RANGE_MM, " mm", "flat panels have pixels of 0.1 to 1 mm; check the units (mm) "
+                      "and the DICOM ImagerPixelSpacing"),
+    "principal_point": ("principal point must be two finite numbers (column px, row px) from {:g} to {:g} px",
+                        (-MAX_PRINCIPAL_POINT_PX, MAX_PRINCIPAL_POINT_PX), " px",
+                        "it is in pixels, near the image centre; leave it unset for the centre"),
+}
+"""Field -> (what it must be, given its range; range from `DiffRegLogic.limits`; unit; hint)."""
+
+
+def _shown(value) -> str:
+    """A short text of a field's value for a message (tensors as numbers)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = value.detach().cpu().tolist() if isinstance(value, torch.Tensor) else value.tolist()
+    try:
+        text = repr(tuple(value) if isinstance(value, list) else value)
+    except ValueError:  # an integer of more than 4300 digits
+        return "a huge integer"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _values(name: str, value, count: int, what: str) -> list[float]:
+    """The ``count`` numbers of a detector field (numbers, a sequence or a tensor) as floats, else InputError."""
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().reshape(-1)
+        if value.numel() != count or (value.ndim > 1) or flat.is_complex() or flat.dtype == torch.bool:
+            raise InputError(f"{what} (detector {name}), got a {flat.dtype} tensor of shape {tuple(value.shape)}")
+        return [float(v) for v in flat.double().cpu()]
+    if isinstance(value, np.ndarray):
+        value = value.tolist() if value.ndim == 1 else value
+    items = [value] if count == 1 and not isinstance(value, (tuple, list)) else value
+    if not isinstance(items, (tuple, list)) or len(items) != count:
+        raise InputError(f"{what} (detector {name}), got {_shown(value)}")
+    out = []
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            if item.numel() != 1 or item.is_complex() or item.dtype == torch.bool:
+                raise InputError(f"{what} (detector {name}), got a tensor of shape {tuple(item.shape)}")
+            item = float(item.detach())
+        elif isinstance(item, bool) or not isinstance(item, numbers.Real):
+            raise InputError(f"{what} (detector {name}), got {_shown(value)}")
+        elif isinstance(item, numbers.Integral) and abs(int(item)) > 2**1023:  # beyond float range
+            raise InputError(f"{what} (detector {name}), got an integer of about {_digits(item)} digits")
+        out.append(item)
+    return out
 
 
 # --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..limits import MAX_TRANSLATION_MM
 
 # --------------------------------------------------------------------------
 # Rigid matrices
@@ -43,21 +44,25 @@ def translation_matrix(offset: torch.Tensor) -> torch.Tensor:
 
 
 def check_pose(pose, tol: float = 1e-4, name: str = "pose") -> torch.Tensor:
-    """Validate a camera_from_world pose; return it as a (B, 4, 4) tensor.
+    """Validate a camera_from_world pose; return it as a (B, 4, 4) tensor (not a copy: the input is never changed).
 
-    Accepts (4, 4) or (B, 4, 4). Raises `InputError` unless every matrix is
-    finite, has last row (0, 0, 0, 1) and a proper rotation block
-    (R^T R = I and det R = +1 within ``tol``).
+    Accepts (4, 4) or (B, 4, 4) real numbers (a tensor, an array or nested
+    lists; integers become float64). Raises `InputError` unless every matrix
+    is finite, has last row (0, 0, 0, 1), a proper rotation block (R^T R = I
+    and det R = +1 within ``tol``) and a translation of at most
+    `MAX_TRANSLATION_MM`. The test runs in float64 on the values as given;
+    a pose stored in half precision is held to its own rounding
+    (``max(tol, 4 eps)``), so a rigid pose rounded to float16 still passes.
+    Cast a pose to a lower precision only after checking it.
     """
-    pose = torch.as_tensor(pose)
-    if not pose.is_floating_point():
-        pose = pose.double()
+    pose = _as_pose_tensor(pose, name)
     if pose.ndim == 2:
         pose = pose[None]
     if pose.ndim != 3 or pose.shape[-2:] != (4, 4):
         raise InputError(f"{name} must be a 4x4 matrix or a batch (B, 4, 4), got shape {tuple(pose.shape)}")
     if pose.shape[0] == 0:
         raise InputError(f"{name} batch is empty: give at least one 4x4 matrix")
+    tol = max(float(tol), 4.0 * torch.finfo(pose.dtype).eps)
     with torch.no_grad():
         p = pose.detach().double()
         if not torch.isfinite(p).all():
@@ -74,7 +79,35 @@ def check_pose(pose, tol: float = 1e-4, name: str = "pose") -> torch.Tensor:
                 f"found |R^T R - I| = {float(ortho):.3g}, det R = {det.tolist()}. "
                 "Scaling, shear or reflection are not allowed in camera_from_world."
             )
+        shift = float(p[:, :3, 3].norm(dim=-1).max())
+        if not math.isfinite(shift):  # the norm of components near 1e308 overflows
+            shift = float(p[:, :3, 3].abs().max())
+        if shift > MAX_TRANSLATION_MM:
+            raise InputError(
+                f"{name} translation is {shift:.3g} mm, more than the {MAX_TRANSLATION_MM:g} mm a pose may have; "
+                "camera_from_world is in mm: check the units, and that the CT lies between source and detector"
+            )
     return pose
+
+
+def _as_pose_tensor(pose, name: str) -> torch.Tensor:
+    """``pose`` as a real floating-point tensor (integers -> float64), else InputError naming ``name``."""
+    if not isinstance(pose, torch.Tensor):
+        try:
+            array = np.asarray(pose)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{name} must be a 4x4 matrix of numbers, got a {type(pose).__name__} that is not one "
+                             "array of numbers (rows of different lengths?)") from None
+        if array.dtype.kind not in "iuf":
+            what = ("entries that are not one array of numbers (ragged rows, None, or integers beyond float range)"
+                    if array.dtype.kind == "O" else f"{array.dtype} values")
+            raise InputError(f"{name} must be a 4x4 matrix of real numbers, got {what}")
+        keep = array.dtype.kind == "f" and array.dtype.itemsize in (2, 4, 8)
+        dtype = array.dtype.newbyteorder("=") if keep else np.dtype(np.float64)
+        pose = torch.from_numpy(np.ascontiguousarray(array.astype(dtype, copy=False)))
+    if pose.is_complex() or pose.dtype == torch.bool:
+        raise InputError(f"{name} must be a 4x4 matrix of real numbers, got a {pose.dtype} tensor")
+    return pose if pose.is_floating_point() else pose.double()
 
 
 # --------------------------------------------------------------------------

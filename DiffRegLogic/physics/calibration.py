@@ -51,6 +51,12 @@ class MaterialThresholds:
     soft_width_hu: float = 0.0
 
     def __post_init__(self) -> None:
+        from ..limits import check_number
+        from ..volume.hu import MAX_HU
+
+        check_number("air_max_hu", self.air_max_hu, -MAX_HU, MAX_HU, unit="HU")
+        check_number("bone_min_hu", self.bone_min_hu, -MAX_HU, MAX_HU, unit="HU")
+        check_number("soft_width_hu", self.soft_width_hu, 0.0, MAX_HU, unit="HU")
         if not self.air_max_hu < self.bone_min_hu:
             raise InputError(f"air_max_hu ({self.air_max_hu}) must be below bone_min_hu ({self.bone_min_hu})")
         if not (self.soft_width_hu >= 0):

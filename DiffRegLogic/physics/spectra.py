@@ -86,6 +86,12 @@ def tube_spectrum(kvp: float = 80, extra_filtration_mm_al: float = 0.0, min_frac
         n_bins: regroup into this many energy bins (default: 1 keV bins).
     """
     table = _table("tube_spectra.json")
+    from ..limits import check_number
+
+    kvp = check_number("kvp", kvp, unit="kVp")
+    check_number("extra_filtration_mm_al", extra_filtration_mm_al, 0.0, 100.0, unit="mm")
+    if n_bins is not None:
+        n_bins = check_number("n_bins (energy bins)", n_bins, 1, 1000, integer=True)
     key = str(int(round(kvp))) if math.isfinite(kvp) else ""
     if key not in table["fluence"] or abs(kvp - round(kvp)) > 1e-9:
         raise InputError(f"no tube spectrum for {kvp} kVp; shipped: {', '.join(table['fluence'])} kVp")

@@ -87,8 +87,9 @@ def test_tiled_equals_untiled_values_and_gradients(renderer, dtype, smooth_phant
     detector = Detector(rows=11, cols=13, sdd=1020.0, pixel_spacing=(28.0, 25.0))
     ref = reference_pose(smooth_phantom).to(dtype)
     results = []
-    # a tiny budget forces checkpointing (tiles recomputed in backward); the default keeps them
-    for kwargs in ({"tile_rays": 7, "max_memory_mb": 1e-3}, {"tile_rays": 7}, {"max_memory_mb": 1e6}):
+    # the smallest budget (limits.MEMORY_MB_RANGE) with explicit tiles, the default budget, one tile; the reference
+    # backend's recomputation at the smallest budget: test_render_limits.py
+    for kwargs in ({"tile_rays": 7, "max_memory_mb": 1.0}, {"tile_rays": 7}, {"max_memory_mb": 1e6}):
         xi = torch.tensor([0.05, -0.02, 0.03, 5.0, 1.0, -3.0], dtype=dtype, requires_grad=True)
         pose = pose_from_se3_about(ref, xi, volume.center.to(dtype))
         image = render(volume, detector, pose, renderer, **kwargs)
