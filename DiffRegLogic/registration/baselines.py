@@ -88,7 +88,7 @@ class ScipyBaseline(_Baseline):
 
 
 class CMABaseline(_Baseline):
-    """``cma``: CMA-ES with sigma 0.5 (in `BASELINE_SCALE` units), seeded by ``seed + 1``."""
+    """``cma``: CMA-ES with sigma 0.5 (in `BASELINE_SCALE` units), seeded by ``seed + 1`` (2**32 - 1 wraps to 1)."""
 
     def search(self, ctx: RegistrationContext, objective_batch, note) -> str:
         opts = ctx.opts
@@ -96,7 +96,9 @@ class CMABaseline(_Baseline):
             import cma
         except ImportError as exc:
             raise InputError("the CMA-ES baseline needs the cma package: pip install 'diffreg[baselines]'") from exc
-        es = cma.CMAEvolutionStrategy(np.zeros(6), 0.5, {"seed": opts.seed + 1, "maxfevals": opts.max_evaluations,
+        # cma wants a seed in 1 .. 2**32 - 1 (0 would mean "from the clock"): seed + 1, wrapping the largest seed
+        seed = opts.seed % (2**32 - 1) + 1
+        es = cma.CMAEvolutionStrategy(np.zeros(6), 0.5, {"seed": seed, "maxfevals": opts.max_evaluations,
                                                          "verbose": -9, "tolfun": opts.tolerance, "tolx": 1e-3})
         while not es.stop():
             population = es.ask()

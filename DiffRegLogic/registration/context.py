@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from ..drr.rendering import render
+from ..errors import InputError
 from ..similarity.measure import Measure
 from .options import RegistrationOptions
 from .parameters import PoseParameters
@@ -45,8 +46,25 @@ class RegistrationContext:
     def render(self, level: Level, x: torch.Tensor) -> torch.Tensor:
         """DRRs (B, H, W) of parameters x (B, 6) on ``level``, in the similarity's dtype (autograd kept)."""
         self.evaluations += x.shape[0]
-        return render(level.volume, level.detector, self.params.pose(x), self.opts.renderer,
-                      **self.opts.render_options()).to(self.dtype)
+        try:
+            drr = render(level.volume, level.detector, self.params.pose(x), self.opts.renderer,
+                         **self.opts.render_options())
+        except InputError as exc:
+            raise self.moved_out(level, exc) from exc
+        return drr.to(self.dtype)
+
+    def moved_out(self, level: Level, exc: Exception) -> InputError:
+        """The error for a pose the optimiser moved out of what the renderer accepts.
+
+        The starts were rendered once before the optimisation (`checks.check_start_drrs`), so a
+        render refused later was refused for a pose the optimiser produced, not for the input.
+        """
+        rot, trans = self.opts.steps()
+        return InputError(
+            f"the {self.opts.optimizer} optimiser moved the pose where it cannot be rendered (pyramid level "
+            f"with factor {level.factor:g}): {exc}; lower the step sizes (step_rotation_deg = {rot:g}, "
+            f"step_translation_mm = {trans:g}) or start closer to the answer"
+        )
 
     def similarity(self, level: Level, drr: torch.Tensor) -> torch.Tensor:
         """(B,) similarity of DRRs on ``level`` with the level's X-ray."""

@@ -25,7 +25,13 @@ returning True (or ``cancel()`` returning True) stops the registration,
 which then returns the best pose so far with ``cancelled=True``.
 
 Everything runs on the device and dtype of ``volume.mu`` (similarities in
-the measure's dtype). Results are deterministic for a given seed on the CPU.
+the measure's dtype; float32 or float64: a half-precision CT is refused).
+Results are deterministic for a given seed on the CPU.
+
+Bad input is an `InputError` before the optimisation starts (`checks`:
+options, CT, detector, X-ray, mask, starts, pyramid sizes, one coarse render
+of the starts); a pose the optimiser later moves out of what the renderer
+accepts is an `InputError` naming the step sizes. No input is changed.
 """
 
 from __future__ import annotations
@@ -42,11 +48,12 @@ from ..similarity.measure import as_measure
 from ..volume.ct import Volume
 from ..geometry.detector import Detector
 from ..errors import InputError
-from .checks import check_inputs, check_start
+from .checks import (check_detector, check_inputs, check_level_sizes, check_start, check_start_drrs,
+                     check_volume)
 from .context import Cancelled, RegistrationContext
 from .initializers import initial_poses
 from .optimizers import OPTIMIZERS
-from .options import RegistrationOptions
+from .options import RegistrationOptions, as_options
 from .parameters import PoseParameters
 from .pyramid import build_levels
 from .results import Progress, RegistrationResult
@@ -82,24 +89,30 @@ def register_batch(
     parameters are taken about (default: the first start). ``xray`` is an
     (H, W) image or an `XRay` (whose mask is used unless ``mask`` is given).
     """
-    opts = options or RegistrationOptions()
-    opts.validate()
+    opts = as_options(options)
+    check_volume(volume)
+    _check_callables(callback, cancel)
     image, mask = _image_and_mask(xray, mask)
-    starts = check_pose(initial_poses, name="initial poses").to(torch.float64).cpu()
+    starts = check_pose(initial_poses, name="initial poses").detach().to(torch.float64).cpu().clone()
     measure = as_measure(opts.similarity)
     dtype = measure.dtype or volume.mu.dtype
     image, mask = check_inputs(volume, image, detector, mask, dtype)
     for pose in starts:
         check_start(volume, detector, pose)
+    select = bool(select_best) and starts.shape[0] > 1
+    check_level_sizes(detector, opts.levels, starts.shape[0], select)
     center = volume.center.to(torch.float64).cpu()
-    reference = starts[0] if reference_pose is None else check_pose(reference_pose).to(torch.float64).cpu().reshape(4, 4)
+    reference = starts[0] if reference_pose is None else _one_pose(reference_pose, "reference_pose")
     params = PoseParameters(opts.parameterization, reference, center, float(detector.sdd))
     levels = build_levels(volume, image, detector, mask, opts.levels, params.source_to_center())
+    check_start_drrs(levels[0], starts, opts.renderer, opts.render_options(), select)
     ctx = RegistrationContext(opts, params, measure, dtype, callback, cancel, len(levels))
     optimiser = OPTIMIZERS.lookup(opts.optimizer)
-    x0 = params.params(starts).to(dtype=volume.mu.dtype, device=volume.mu.device)
+    # parameters in the CT's dtype (float32 or float64: check_volume refuses half precision, whose poses
+    # would fail the rigidity check); the starts above were checked in float64, as given
+    x_dtype = torch.promote_types(volume.mu.dtype, torch.float32)
+    x0 = params.params(starts).to(dtype=x_dtype, device=volume.mu.device)
     finest = levels[-1]
-    select = select_best and x0.shape[0] > 1
     # the start's similarity at full resolution is reported; with a multi-start only the chosen start's is needed
     initial_similarity = None if select else ctx.score(finest, x0)
     rot, trans = opts.steps()
@@ -145,6 +158,20 @@ def register_batch(
         iterations_per_level=list(per_level), trace=_start_trace(ctx.trace, rows[i], starts.shape[0], select),
         options=summary,
     ) for i in range(poses.shape[0])]
+
+
+def _check_callables(callback, cancel) -> None:
+    for name, value in (("callback", callback), ("cancel", cancel)):
+        if value is not None and not callable(value):
+            raise InputError(f"{name} must be a function or None, got {type(value).__name__}")
+
+
+def _one_pose(pose, name: str) -> torch.Tensor:
+    """One camera_from_world (4, 4) float64 CPU copy of ``pose``, checked."""
+    checked = check_pose(pose, name=name)
+    if checked.shape[0] != 1:
+        raise InputError(f"{name} must be one 4x4 pose, got a batch of shape {tuple(checked.shape)}")
+    return checked[0].detach().to(torch.float64).cpu().clone()
 
 
 def _start_trace(trace: list[dict], start: int, n_starts: int, selected: bool) -> list[dict]:
@@ -199,8 +226,9 @@ def register(
     ``options.seed``), are registered together on the coarsest level and the
     best is refined. Returns a `RegistrationResult`.
     """
-    opts = options or RegistrationOptions()
-    opts.validate()
+    opts = as_options(options)
+    check_volume(volume)
+    check_detector(detector)
     if callable(initial_pose) and not isinstance(initial_pose, torch.Tensor):
         hypotheses = initial_poses(initial_pose, xray, detector, volume)
     else:
@@ -212,6 +240,11 @@ def register(
     starts = hypotheses
     if opts.n_starts > 1:
         motions = random_motions(opts.n_starts - 1, opts.start_rotation_deg, opts.start_translation_mm, opts.seed)
-        starts = torch.cat([starts, perturb_pose(first, motions, volume.center.to(torch.float64).cpu())])
+        randoms = perturb_pose(first, motions, volume.center.to(torch.float64).cpu())
+        for k, pose in enumerate(randoms):
+            check_start(volume, detector, pose, f"random start {k + 1} (within start_rotation_deg = "
+                        f"{opts.start_rotation_deg:g} deg, start_translation_mm = {opts.start_translation_mm:g} mm "
+                        "of the initial pose; lower them)")
+        starts = torch.cat([starts, randoms])
     return register_batch(volume, xray, detector, starts, opts, mask=mask, select_best=True,
                           callback=callback, cancel=cancel, reference_pose=first)[0]

@@ -30,6 +30,7 @@ from typing import Protocol
 import torch
 
 from ..drr.jacobian import render_with_jacobian
+from ..errors import InputError
 from .context import RegistrationContext
 from .pyramid import Level
 from .steps import LevenbergMarquardt, make_gradient_optimizer
@@ -80,7 +81,12 @@ class GradientLevel:
                 (grad,) = torch.autograd.grad(-sim.sum(), xv)
             sim = sim.detach()
             if not torch.isfinite(grad).all():
-                raise FloatingPointError("the similarity gradient is not finite at this pose")
+                raise InputError(
+                    f"the gradient of the similarity {ctx.measure.name!r} is not finite (NaN or inf) at iteration "
+                    f"{iteration} of the pyramid level with factor {level.factor:g}; a custom similarity must be "
+                    "differentiable and finite at every pose: check it, or use a gradient-free optimiser "
+                    "(powell, nelder-mead, cma)"
+                )
             better = sim > best
             significant = (sim > best + opts.tolerance).cpu()
             best_x = torch.where(better[:, None], x, best_x)
@@ -129,9 +135,12 @@ class LevenbergMarquardtLevel:
         return torch.stack([push(jac[..., p]) for p in range(jac.shape[-1])], -1)
 
     def _render(self, ctx: RegistrationContext, level: Level, x: torch.Tensor):
-        drr, jac = render_with_jacobian(level.volume, level.detector, ctx.params.pose, x, ctx.opts.renderer,
-                                        step_voxels=ctx.opts.step_voxels, max_memory_mb=ctx.opts.max_memory_mb,
-                                        backend=ctx.opts.backend)
+        try:
+            drr, jac = render_with_jacobian(level.volume, level.detector, ctx.params.pose, x, ctx.opts.renderer,
+                                            step_voxels=ctx.opts.step_voxels, max_memory_mb=ctx.opts.max_memory_mb,
+                                            backend=ctx.opts.backend)
+        except (InputError, FloatingPointError) as exc:  # the Jacobian of a pose with the CT behind the source
+            raise ctx.moved_out(level, exc) from exc
         ctx.evaluations += x.shape[0]
         return drr.to(ctx.dtype), jac.to(ctx.dtype)
 

@@ -10,12 +10,12 @@ so they use the renderer settings the registration used. Torch-free.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
+from ..limits import (MAX_ITERATIONS, MAX_STARTS, MAX_TRANSLATION_MM, MEMORY_MB_RANGE, SEED_RANGE,
+                      STEP_VOXELS_RANGE, check_number)
 
 PARAMETERIZATIONS = ("se3", "spherical")
 """Pose parameters: se3 (motion of the CT about its centre) or spherical (the seed paper's C-arm model)."""
@@ -75,34 +75,42 @@ class RegistrationOptions:
     backend: str = "auto"  # renderer backend: auto | fused (CPU, numba) | triton (CUDA) | reference (PyTorch)
 
     def validate(self) -> None:
-        """Raise InputError for any setting that cannot work (names, ranges, LM without a residual)."""
+        """Raise InputError for any setting that cannot work (types, names, ranges, LM without a residual).
+
+        Leaves the options as they are; `checked` returns the normalised copy a registration runs with.
+        """
+        self.checked()
+
+    def checked(self) -> "RegistrationOptions":
+        """A copy with every setting checked and normalised (ints, floats, ``levels`` a tuple of floats).
+
+        Raises `InputError` naming the setting, its range and the value for
+        anything that cannot work (ranges: `DiffRegLogic.limits` and the
+        constants of this module). The options themselves are not changed.
+        """
         from ..drr.backends import BACKENDS, RENDERERS
         from .optimizers import OPTIMIZERS
 
-        if self.backend not in BACKENDS:
-            raise InputError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"unknown optimiser {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.renderer not in RENDERERS:
-            raise InputError(f"unknown renderer {self.renderer!r}; choose one of {sorted(RENDERERS)}")
-        self._validate_similarity()
-        if self.parameterization not in PARAMETERIZATIONS:
-            raise InputError(f"unknown parameterization {self.parameterization!r}; choose one of {PARAMETERIZATIONS}")
-        if not self.levels or any(not (f >= 1) for f in self.levels):
-            raise InputError(f"levels must be downsampling factors >= 1 (coarse to fine), got {self.levels}")
-        for name in ("max_iterations", "patience", "max_evaluations", "n_starts"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if int(self.max_step_reductions) < 0:
-            raise InputError(f"max_step_reductions must be 0 or more, got {self.max_step_reductions}")
-        for name in ("step_rotation_deg", "step_translation_mm"):
+        for name, table, label in (("backend", BACKENDS, "backend"), ("optimizer", OPTIMIZERS, "optimiser"),
+                                   ("renderer", RENDERERS, "renderer"),
+                                   ("parameterization", PARAMETERIZATIONS, "parameterization")):
             value = getattr(self, name)
-            if value is not None and not (value > 0):
-                raise InputError(f"{name} must be positive, got {value}")
-        if not (self.step_voxels > 0):
-            raise InputError(f"step_voxels must be positive, got {self.step_voxels}")
-        if not (self.max_memory_mb > 0):
-            raise InputError(f"max_memory_mb must be a positive number of MB, got {self.max_memory_mb}")
+            if not isinstance(value, str) or value not in table:
+                raise InputError(f"unknown {label} {value!r} ({name}); choose one of {', '.join(sorted(table))}")
+        self._validate_similarity()
+        values = {"levels": _level_factors(self.levels)}
+        for name, (low, high) in _INTEGER_RANGES.items():
+            values[name] = check_number(name, getattr(self, name), low, high, integer=True)
+        for name, (low, high, unit) in _FLOAT_RANGES.items():
+            values[name] = check_number(name, getattr(self, name), low, high, unit=unit)
+        if values["momentum"] >= 1.0:
+            raise InputError(f"momentum must be in [0, 1) (1 would never forget a gradient), got {self.momentum}")
+        for name, (high, unit) in _STEP_RANGES.items():
+            value = getattr(self, name)
+            values[name] = None if value is None else check_number(name, value, 0.0, high, low_open=True, unit=unit)
+        values["step_voxels"] = check_number("step_voxels", self.step_voxels, *STEP_VOXELS_RANGE, unit="voxels")
+        values["max_memory_mb"] = check_number("max_memory_mb", self.max_memory_mb, *MEMORY_MB_RANGE, unit="MB")
+        return dataclasses.replace(self, **values)
 
     def _validate_similarity(self) -> None:
         from .optimizers import BASELINE_OPTIMIZERS, GRADIENT_OPTIMIZERS, OPTIMIZERS
@@ -149,10 +157,33 @@ class RegistrationOptions:
         return out
 
 
-_INTEGERS = ("max_iterations", "patience", "max_step_reductions", "max_evaluations", "n_starts", "seed")
-_FLOATS = ("momentum", "tolerance", "min_step_deg", "min_step_mm", "start_rotation_deg", "start_translation_mm",
-           "step_voxels", "max_memory_mb")
-_OPTIONAL_FLOATS = ("step_rotation_deg", "step_translation_mm")
+MAX_LEVELS = 32
+"""Pyramid levels of one registration (each level halving the detector, 32 covers any detector)."""
+MAX_STEP_ROTATION_DEG = 3600.0
+"""Largest initial rotation step (Adam: deg per step; gd family: deg^2 per unit of similarity)."""
+MAX_EVALUATIONS = 10_000_000
+"""Renders per start and level of the gradient-free baselines."""
+
+_INTEGER_RANGES = {
+    "max_iterations": (1, MAX_ITERATIONS),
+    "patience": (1, MAX_ITERATIONS),
+    "max_step_reductions": (0, MAX_ITERATIONS),
+    "max_evaluations": (1, MAX_EVALUATIONS),
+    "n_starts": (1, MAX_STARTS),
+    "seed": SEED_RANGE,
+}
+_FLOAT_RANGES = {  # name: (low, high, unit)
+    "momentum": (0.0, 1.0, ""),
+    "tolerance": (0.0, None, ""),
+    "min_step_deg": (0.0, 360.0, "deg"),
+    "min_step_mm": (0.0, MAX_TRANSLATION_MM, "mm"),
+    "start_rotation_deg": (0.0, 180.0, "deg"),
+    "start_translation_mm": (0.0, MAX_TRANSLATION_MM, "mm"),
+}
+_STEP_RANGES = {  # optional, > 0: name: (high, unit)
+    "step_rotation_deg": (MAX_STEP_ROTATION_DEG, "deg"),
+    "step_translation_mm": (MAX_TRANSLATION_MM, "mm"),
+}
 
 
 def make_options(base: RegistrationOptions | None = None, **values: Any) -> RegistrationOptions:
@@ -161,48 +192,57 @@ def make_options(base: RegistrationOptions | None = None, **values: Any) -> Regi
     ``values`` are field names of `RegistrationOptions` (anything else is an
     InputError listing the valid names). ``levels`` may be a sequence of
     numbers or a string such as ``"8 4 2 1"``; whole numbers given as floats
-    are accepted for the integer fields. The result is validated.
+    are accepted for the integer fields. The result is checked and
+    normalised (`RegistrationOptions.checked`); ``base`` is not changed.
     """
+    if base is not None and not isinstance(base, RegistrationOptions):
+        raise InputError(f"base must be RegistrationOptions or None, got {type(base).__name__}")
     fields = {f.name for f in dataclasses.fields(RegistrationOptions)}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise InputError(f"unknown registration option(s) {unknown}; valid options: {', '.join(sorted(fields))}")
-    clean: dict[str, Any] = {}
-    for name, value in values.items():
-        if name == "levels":
-            clean[name] = _levels(value)
-        elif name in _INTEGERS:
-            clean[name] = _integer(name, value)
-        elif name in _FLOATS or (name in _OPTIONAL_FLOATS and value is not None):
-            clean[name] = _number(name, value)
-        else:
-            clean[name] = value
-    options = dataclasses.replace(base, **clean) if base is not None else RegistrationOptions(**clean)
-    options.validate()
-    return options
+    if isinstance(values.get("levels"), str):
+        values["levels"] = _levels_from_text(values["levels"])
+    options = dataclasses.replace(base, **values) if base is not None else RegistrationOptions(**values)
+    return options.checked()
 
 
-def _levels(value) -> tuple[float, ...]:
-    if isinstance(value, str):
-        value = value.replace(",", " ").split()
+def as_options(options: Any) -> RegistrationOptions:
+    """``options`` (None = the defaults) checked and normalised, or InputError if it is not `RegistrationOptions`."""
+    if options is None:
+        return RegistrationOptions()
+    if not isinstance(options, RegistrationOptions):
+        hint = "make_options(**settings)" if isinstance(options, dict) else "make_options(...)"
+        raise InputError(f"options must be RegistrationOptions, got {type(options).__name__}; build them with {hint}")
+    return options.checked()
+
+
+def _levels_from_text(text: str) -> tuple[float, ...]:
+    """Factors from text such as ``"8 4 2 1"`` or ``"8,4,2,1"``."""
     try:
-        factors = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        factors = ()
-    if not factors or any(not (math.isfinite(f) and f >= 1) for f in factors):
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise InputError(f"levels {text!r}: give downsampling factors >= 1, coarse to fine (e.g. 8 4 2 1)") from None
+
+
+def _level_factors(levels: Any) -> tuple[float, ...]:
+    """``levels`` as a tuple of finite factors >= 1, or InputError."""
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, (tuple, list)) and not hasattr(levels, "__len__"):
         raise InputError(
-            f"levels {value!r}: give downsampling factors >= 1, coarse to fine (e.g. 8 4 2 1)"
+            f"levels must be a sequence of downsampling factors >= 1, coarse to fine (e.g. (8, 4, 2, 1)), got "
+            f"{levels!r}" + ("; make_options reads text such as '8 4 2 1'" if isinstance(levels, str) else "")
         )
-    return factors
+    try:
+        items = [levels[i] for i in range(len(levels))]
+    except Exception:  # noqa: BLE001 - anything that is not a plain sequence
+        raise InputError(f"levels must be a sequence of downsampling factors >= 1, got {levels!r}") from None
+    if not 1 <= len(items) <= MAX_LEVELS:
+        raise InputError(f"levels must list 1 to {MAX_LEVELS} downsampling factors (coarse to fine), "
+                         f"got {len(items)}")
+    return tuple(check_number(f"levels[{i}]", f.item() if _is_scalar_array(f) else f, 1.0)
+                 for i, f in enumerate(items))
 
 
-def _integer(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value != int(value):
-        raise InputError(f"{name} must be a whole number, got {value!r}")
-    return int(value)
-
-
-def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise InputError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+def _is_scalar_array(value: Any) -> bool:
+    """A 0-d numpy array or a one-element tensor (what iterating an array or tensor gives)."""
+    return getattr(value, "ndim", None) == 0 and hasattr(value, "item")

@@ -6,7 +6,13 @@ import math
 
 import torch
 
+from ..errors import InputError
 from .inputs import EPS_ABS, _check_int, _check_sigma, _prepare
+
+MAX_BINS = 1024
+"""Histogram bins per image: the kernel weights are (B, pixels, bins), 330 MB for a 200 x 200 image at 1024."""
+MIN_SIGMA_BINS = 1e-3
+"""Narrowest Parzen kernel, in bins."""
 
 
 def _minmax(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
@@ -46,8 +52,11 @@ def mutual_information(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor
     estimate smooth in the intensities.
     """
     a, b, w, _, dtype = _prepare(drr, xray, mask)
-    bins = _check_int(bins, "bins", 2)
+    bins = _check_int(bins, "bins", 2, MAX_BINS)
     sigma_bins = _check_sigma(sigma_bins, "sigma_bins", allow_zero=False)
+    if sigma_bins < MIN_SIGMA_BINS:
+        raise InputError(f"sigma_bins must be at least {MIN_SIGMA_BINS:g} bins (a narrower kernel is a hard "
+                         f"histogram, without gradients), got {sigma_bins:g}")
     inside = w > 0
     p = (w / w.sum((1, 2), keepdim=True)).flatten(1)
     centres = torch.linspace(0.0, 1.0, bins, dtype=a.dtype, device=a.device)

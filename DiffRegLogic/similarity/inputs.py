@@ -6,6 +6,8 @@ of constant images).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -17,11 +19,31 @@ EPS_ABS = 1e-20
 
 
 def _as_tensor(value, name: str) -> torch.Tensor:
+    """A tensor, or a numpy array of numbers as one (any strides or byte order); InputError otherwise."""
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
+        if value.dtype.kind not in "biufc":
+            raise InputError(f"{name} has numpy dtype {value.dtype}; pass numbers (a bool, integer or float array)")
+        return torch.from_numpy(np.ascontiguousarray(value.astype(value.dtype.newbyteorder("="), copy=False)))
     raise InputError(f"{name} must be a torch tensor or numpy array, got {type(value).__name__}")
+
+
+def _check_magnitude(a: torch.Tensor, b: torch.Tensor, inside: torch.Tensor) -> None:
+    """Refuse NaN, infinite, or so large values inside the mask that their squares overflow ``a.dtype``."""
+    limit = math.sqrt(torch.finfo(a.dtype).max) / 4  # (x - y)**2 of two such values stays finite
+    for name, image in (("drr", a), ("xray", b)):
+        with torch.no_grad():
+            largest = float(torch.where(inside, image.detach().abs(), 0).amax())
+        if not largest <= limit:  # NaN fails too
+            if not math.isfinite(largest):
+                raise InputError(f"{name} has NaN or infinite values where the mask weights it; replace them "
+                                 "(e.g. torch.nan_to_num) or give them weight 0 in the mask")
+            raise InputError(
+                f"{name} has values up to {largest:.3g} where the mask weights it; similarities are computed in "
+                f"{a.dtype}, where the moments of values beyond {limit:.3g} overflow: rescale the image "
+                "(or give those pixels weight 0 in the mask)"
+            )
 
 
 def _prepare(drr, xray, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, torch.dtype]:
@@ -97,6 +119,7 @@ def _prepare(drr, xray, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
             f"xray has {int(bad.sum())} NaN/inf pixel(s) where the mask is nonzero; replace them "
             "(e.g. torch.nan_to_num) or give them weight 0 in the mask"
         )
+    _check_magnitude(a, b, inside)
     if masked:
         zero = torch.zeros((), dtype=dtype, device=drr.device)
         a = torch.where(inside, a, zero)
@@ -104,9 +127,13 @@ def _prepare(drr, xray, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return a, b, w, masked, out_dtype
 
 
-def _check_int(value, name: str, minimum: int) -> int:
+def _check_int(value, name: str, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int in [minimum, maximum] (no maximum: None), else InputError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        shown = value if value < 10**15 else f"{float(value):.3g}"
+        raise InputError(f"{name} must be at most {maximum}, got {shown}")
     return int(value)
 
 

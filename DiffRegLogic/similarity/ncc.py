@@ -151,7 +151,7 @@ def _scales(patch_sizes, height: int, width: int) -> list[int | None]:
         patch_sizes = (None, max(4, short // 4), max(4, short // 8))
         patch_sizes = [s if s is None or s <= short else short for s in patch_sizes]
         patch_sizes = list(dict.fromkeys(patch_sizes))
-    elif isinstance(patch_sizes, (int, np.integer)) or len(patch_sizes) == 0:
+    elif isinstance(patch_sizes, (str, bytes)) or not isinstance(patch_sizes, Sequence) or len(patch_sizes) == 0:
         raise InputError(
             f"patch_sizes must be a non-empty sequence of patch sizes in px (None = global ZNCC), got {patch_sizes!r}"
         )
