@@ -15,6 +15,7 @@ statements, which the import system resolves in ``sys.modules``, never
 through the bare name (a test checks this).
 """
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -225,7 +226,8 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 try:
                     self.ui.statusLabel.text = self.logic.fillGeometry(node)
                 except Exception as error:  # an observer must not raise: report in the panel
-                    logging.exception("DiffReg: reading the X-ray geometry failed")
+                    if not _isInputError(error):  # bad input is its message alone; anything else is a bug
+                        logging.exception("DiffReg: reading the X-ray geometry failed")
                     self.ui.statusLabel.text = _("Could not read the X-ray geometry: {error}").format(error=error)
         overlay = (node.overlayMode, node.overlayOpacity)
         if overlay != self._lastOverlay and torchReady and not self._running and node.outputDrr is not None:
@@ -264,12 +266,12 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- actions --------------------------------------------------------
 
     def onReadGeometryButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not read the X-ray geometry."), waitCursor=True):
+        with self._errorDisplay(_("Could not read the X-ray geometry."), waitCursor=True):
             ensureDependencies(self.resourcePath("requirements.txt"))
             self.ui.statusLabel.text = self.logic.fillGeometry(self._parameterNode)
 
     def onRenderButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to render the DRR."), waitCursor=True):
+        with self._errorDisplay(_("Failed to render the DRR."), waitCursor=True):
             ensureDependencies(self.resourcePath("requirements.txt"))
             self.logic.renderPreview(self._parameterNode, confirmCpuRetry=self._confirmCpuRetry)
             self._showOverlay(fit=True)
@@ -277,7 +279,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRegisterButton(self) -> None:
         node = self._parameterNode  # kept: the scene may be closed while events are processed during the run
-        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=False):
+        with self._errorDisplay(_("Registration failed."), waitCursor=False):
             ensureDependencies(self.resourcePath("requirements.txt"))
             self._setRunning(True)
             self._runIterations = max(1, node.iterations)
@@ -312,6 +314,25 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- helpers --------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _errorDisplay(self, message: str, waitCursor: bool):
+        """``slicer.util.tryWithErrorDisplay``, except for bad input (the engine's InputError).
+
+        Bad input is shown as the heading and the engine's message (what is
+        wrong, what to do) in the error dialog and the status line, without
+        a traceback, and goes no further; any other exception is a bug and
+        keeps Slicer's dialog with the traceback, raised on.
+        """
+        with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
+            try:
+                yield
+            except Exception as error:
+                if not _isInputError(error):
+                    raise
+                logging.warning("DiffReg: %s %s", message, error)
+                self.ui.statusLabel.text = str(error)
+                slicer.util.errorDisplay(f"{message}\n\n{error}")
+
     @staticmethod
     def _confirmCpuRetry(message: str) -> bool:
         """Asked when a run went out of GPU memory: retry this run on the CPU (the Device setting stays)?"""
@@ -344,6 +365,13 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             sliceWidget = layoutManager.sliceWidget("Red")
             if sliceWidget is not None:
                 sliceWidget.sliceLogic().FitSliceToAll()
+
+
+def _isInputError(error: BaseException) -> bool:
+    """Whether ``error`` is the engine's bad-input error (its message is meant for the user as it is)."""
+    from DiffRegLogic.errors import InputError  # torch-free
+
+    return isinstance(error, InputError)
 
 
 #

@@ -40,7 +40,8 @@ What the nodes mean
 Modules: `matrices` (VTK <-> numpy, parent transforms), `nodes` (CT and X-ray
 nodes in, arrays out), `carm` (the X-ray's C-arm geometry, the detector, the
 C-arm model), `poses` (transform nodes <-> poses, the start initialiser),
-`outputs` (output nodes), `overlay` (slice-view overlay), `actions` (render,
+`checks` (the panel's nodes and numbers checked before any work, torch-free),
+`outputs` (output nodes, undone when a run fails), `overlay` (slice-view overlay), `actions` (render,
 register, retry on the CPU), `settings` (every panel setting, torch-free),
 `selftest` (the self-test scenario), `dependencies` (missing requirements,
 torch-free). Names are imported on first use: `settings` and
@@ -57,7 +58,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".poses": "transform_from_pose pose_from_transform TransformInitializer initializer_from_setup initial_pose",
     ".outputs": "ROLE_MOVING ROLE_FIXED ROLE_DRR ROLE_XRAY_COPY ROLE_MODEL ROLE_OVERLAY ROLE_TABLE ROLE_CHART "
                 "CARM_COLOR Outputs ensure_outputs place_outputs write_pose write_detector_images existing_outputs "
-                "loss_chart write_loss_curve",
+                "loss_chart write_loss_curve DERIVED_ROLES restore_on_failure",
+    ".checks": "check_setup check_outputs",
     ".overlay": "overlay_image show_overlay",
     ".actions": "Inputs read_inputs OutOfMemory with_cpu_fallback registration_options render_preview SceneResult "
                 "run_registration",

@@ -17,10 +17,11 @@ from ..geometry.detector import Detector
 from ..volume.ct import Volume
 from ..xray.image import XRay
 from .carm import detector_from_setup, detector_plane_matrix, geometry_from_xray
-from .matrices import set_transform_matrix, transform_matrix
+from .checks import check_option_fields, check_setup
+from .matrices import parent_to_world
 from .nodes import _write_volume, volume_from_node, xray_from_node
-from .outputs import (Outputs, ensure_outputs, place_outputs, write_detector_images, write_loss_curve,
-                      write_pose)
+from .outputs import (DERIVED_ROLES, Outputs, ensure_outputs, place_outputs, restore_on_failure,
+                      write_detector_images, write_loss_curve, write_pose)
 from .poses import initial_pose
 from .settings import Setup
 
@@ -33,20 +34,26 @@ class Inputs:
     xray: XRay
     detector: Detector
     pose: torch.Tensor  # initial camera_from_world (4, 4) float64
+    ct_parent: Any = None  # (4, 4) the CT's parent-to-world when read: every pose is written against it
 
 
 def read_inputs(setup: Setup, file_for_instance: Callable[[str], str] | None = None) -> Inputs:
-    """Check the setup and turn its nodes into engine inputs (nodes only read)."""
+    """Check the setup and turn its nodes into engine inputs (nodes only read).
+
+    The panel's choices and numbers and the output nodes are checked first
+    (`DiffRegLogic.mrml.checks.check_setup`), then each node before its
+    voxels are copied; InputError with the panel's message otherwise.
+    """
     from ..devices import resolve_device
 
-    setup.check_choices()
+    check_setup(setup, DERIVED_ROLES)
     device = resolve_device(setup.device)
     volume = volume_from_node(setup.inputVolume).to(device)
     xray = xray_from_node(setup.xrayVolume, setup.xrayIntensity, file_for_instance)
     geo = geometry_from_xray(setup.xrayVolume, file_for_instance, xray)
     detector = detector_from_setup(setup, geo)
     pose = initial_pose(setup, volume, geo)
-    return Inputs(volume, xray, detector, pose)
+    return Inputs(volume, xray, detector, pose, parent_to_world(setup.inputVolume))
 
 
 class OutOfMemory(RuntimeError):
@@ -84,31 +91,44 @@ def with_cpu_fallback(setup: Setup, action: Callable[[Setup], Any], confirm: Cal
 
 
 def registration_options(setup: Setup):
-    """`RegistrationOptions` of the setup (through `make_options`, the one place options are built)."""
+    """`RegistrationOptions` of the setup (through `make_options`, the one place options are built).
+
+    The panel's Options numbers are checked first (InputError naming the field).
+    """
     from ..registration.options import make_options
 
+    check_option_fields(setup)
     return make_options(optimizer=setup.optimizer, similarity=setup.similarity, renderer=setup.renderer,
                         levels=setup.level_factors(), max_iterations=int(setup.iterations),
                         n_starts=int(setup.starts), max_memory_mb=float(setup.maxMemoryMb))
 
 
 def render_preview(scene, setup: Setup, pose=None, file_for_instance=None) -> Outputs:
-    """Render the DRR at ``pose`` (default: the initial pose) into the outputs; returns them."""
+    """Render the DRR at ``pose`` (default: the initial pose) into the outputs; returns them.
+
+    Bad input raises InputError before any output is touched; a failure
+    while writing leaves the outputs as they were (`restore_on_failure`).
+    """
     from ..drr.rendering import render
 
     options = registration_options(setup)
     inputs = read_inputs(setup, file_for_instance)
-    pose = inputs.pose if pose is None else torch.as_tensor(pose, dtype=torch.float64)
+    if pose is not None:
+        from ..geometry import check_pose
+
+        pose = check_pose(torch.as_tensor(pose, dtype=torch.float64), name="the pose to render")[0]
+    pose = inputs.pose if pose is None else pose
     try:
         with torch.no_grad():
             drr = render(inputs.volume, inputs.detector, pose.to(inputs.volume.mu.device), options.renderer,
                          **options.render_options())[0]
     except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
         raise _resource_errors(exc) from exc
-    outputs = ensure_outputs(scene, setup)
-    write_detector_images(outputs, inputs.detector, drr.cpu().numpy(), inputs.xray.image.cpu().numpy())
-    place_outputs(outputs, setup.transformMeaning)
-    write_pose(outputs, pose, setup.transformMeaning, setup.inputVolume)
+    with restore_on_failure(scene, setup):
+        outputs = ensure_outputs(scene, setup)
+        write_detector_images(outputs, inputs.detector, drr.cpu().numpy(), inputs.xray.image.cpu().numpy())
+        place_outputs(outputs, setup.transformMeaning)
+        write_pose(outputs, pose, setup.transformMeaning, setup.inputVolume, inputs.ct_parent)
     return outputs
 
 
@@ -133,17 +153,25 @@ def run_registration(scene, setup: Setup, progress: Callable | None = None, canc
     detector with at most ``live_pixels`` pixels per side (it covers the
     same detector area, so the overlay stays aligned) from a CT averaged to
     that pixel size, so the preview costs little next to an iteration. ``cancel()`` returning True stops the run: the best pose so
-    far is written and the message says so. If the run fails, the output
-    transform gets its previous matrix back. Input nodes are only read.
+    far is written and the message says so. Bad input raises InputError
+    before any output is touched; if the run fails later, every output node
+    gets its previous content back and the nodes it created are removed
+    (`restore_on_failure`). Input nodes are only read.
     """
+    options = registration_options(setup)
+    inputs = read_inputs(setup, file_for_instance)
+    with restore_on_failure(scene, setup):
+        return _register_into_outputs(scene, setup, options, inputs, progress, cancel, live_every, live_pixels)
+
+
+def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progress, cancel, live_every: int,
+                           live_pixels: int) -> SceneResult:
+    """`run_registration` after its inputs were read; the caller undoes the outputs if this raises."""
     from ..drr.rendering import render
     from ..registration.engine import register
     from ..registration.pyramid import preview_level
 
-    options = registration_options(setup)
-    inputs = read_inputs(setup, file_for_instance)
     outputs = ensure_outputs(scene, setup)
-    previous = transform_matrix(outputs.transform)
     place_outputs(outputs, setup.transformMeaning)
     xray_image = inputs.xray.image.cpu().numpy()
     write_detector_images(outputs, inputs.detector, xray=xray_image)
@@ -153,7 +181,7 @@ def run_registration(scene, setup: Setup, progress: Callable | None = None, canc
         text = (f"level {info.level + 1}/{info.n_levels}, iteration {info.iteration + 1}: "
                 f"{setup.similarity} {info.similarity:.4f}")
         if live_every and info.pose is not None and info.total_iterations % live_every == 0:
-            write_pose(outputs, info.pose, setup.transformMeaning, setup.inputVolume)
+            write_pose(outputs, info.pose, setup.transformMeaning, setup.inputVolume, inputs.ct_parent)
             with torch.no_grad():
                 drr = render(live.volume, live.detector, info.pose.to(inputs.volume.mu.device), options.renderer,
                              **options.render_options())[0]
@@ -167,13 +195,9 @@ def run_registration(scene, setup: Setup, progress: Callable | None = None, canc
         with torch.no_grad():
             drr = render(inputs.volume, inputs.detector, result.pose.to(inputs.volume.mu.device), options.renderer,
                          **options.render_options())[0].cpu().numpy()
-    except BaseException as exc:
-        set_transform_matrix(outputs.transform, previous)
-        error = _resource_errors(exc)
-        if error is exc:
-            raise
-        raise error from exc
-    write_pose(outputs, result.pose, setup.transformMeaning, setup.inputVolume)
+    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
+        raise _resource_errors(exc) from exc
+    write_pose(outputs, result.pose, setup.transformMeaning, setup.inputVolume, inputs.ct_parent)
     write_detector_images(outputs, inputs.detector, drr=drr)
     chart = write_loss_curve(scene, outputs, result.trace, setup.similarity)
     state = ("cancelled: the best pose so far was written" if result.cancelled else

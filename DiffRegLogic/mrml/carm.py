@@ -7,15 +7,18 @@ win where the user set them (non-zero).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from .. import limits
 from ..errors import InputError
 from ..geometry.detector import Detector
 from ..xray.image import XRay
 from ..xray.readers import read_xray
+from . import checks
 from .matrices import _vtk
 from .nodes import _xray_array, dicom_file_of
 from .settings import Setup
@@ -59,6 +62,28 @@ def geometry_from_xray(node, file_for_instance: Callable[[str], str] | None = No
     return geo
 
 
+def _where(geo: XRayGeometry) -> str:
+    return f"the X-ray's DICOM file {geo.source}" if geo.source != "node" else "the X-ray node"
+
+
+def _stated_sdd(geo: XRayGeometry) -> float | None:
+    """The source-to-detector distance (mm) the X-ray's DICOM tags state, checked against the limits; None if none."""
+    if geo.sdd is None:
+        return None
+    return checks.check_xray_value(f"the source-to-detector distance (DistanceSourceToDetector) of {_where(geo)}",
+                                   geo.sdd, *limits.SDD_RANGE_MM, "mm", "sdd")
+
+
+def _stated_spacing(geo: XRayGeometry) -> tuple[float, float] | None:
+    """The (row, column) pixel spacing (mm) the X-ray states, checked against the limits; None if none."""
+    if geo.pixel_spacing is None:
+        return None
+    return tuple(checks.check_xray_value(f"the {axis} pixel spacing of {_where(geo)}", value,
+                                         *limits.PIXEL_SPACING_RANGE_MM, "mm", field)
+                 for axis, value, field in zip(("row", "column"), geo.pixel_spacing,
+                                               ("pixelSpacingRow", "pixelSpacingColumn")))
+
+
 def fill_geometry(setup: Setup, file_for_instance: Callable[[str], str] | None = None,
                   overwrite: bool = False) -> XRayGeometry:
     """Fill the setup's geometry and C-arm angle fields from the X-ray node and its DICOM tags.
@@ -66,37 +91,59 @@ def fill_geometry(setup: Setup, file_for_instance: Callable[[str], str] | None =
     Without ``overwrite`` only unset (zero) fields are filled, so numbers the
     user entered stay. With ``overwrite`` (a new X-ray was picked) every value
     the X-ray states replaces the current one; fields it does not state are
-    kept. Returns what was found.
+    kept. Returns what was found. A stated value outside the limits
+    (`DiffRegLogic.limits`) raises InputError before any field is changed.
     """
     geo = geometry_from_xray(setup.xrayVolume, file_for_instance)
+    sdd, spacing = _stated_sdd(geo), _stated_spacing(geo)
+    clinical = None
+    if geo.clinical is not None:
+        primary, secondary, distance = geo.clinical
+        where = _where(geo)
+        clinical = (
+            checks.check_xray_value(f"PositionerPrimaryAngle of {where}", primary, -checks.MAX_ANGLE_DEG,
+                                    checks.MAX_ANGLE_DEG, "deg", "primaryAngle"),
+            checks.check_xray_value(f"PositionerSecondaryAngle of {where}", secondary, -checks.MAX_ANGLE_DEG,
+                                    checks.MAX_ANGLE_DEG, "deg", "secondaryAngle"),
+            checks.check_xray_value(f"DistanceSourceToPatient of {where}", distance, *limits.SDD_RANGE_MM, "mm",
+                                    "sourceToIsocenter"))
+
+    def unset(name: str) -> bool:  # 0 (or a number that cannot be meant: negative, NaN)
+        value = getattr(setup, name)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and not value > 0
 
     def put(name: str, value) -> None:
-        if value and (overwrite or not getattr(setup, name) > 0):
+        if value is not None and (overwrite or unset(name)):
             setattr(setup, name, float(value))
 
-    put("sdd", geo.sdd)
-    if geo.pixel_spacing:
-        put("pixelSpacingRow", geo.pixel_spacing[0])
-        put("pixelSpacingColumn", geo.pixel_spacing[1])
-    if geo.clinical is not None and (overwrite or not setup.sourceToIsocenter > 0):
-        setup.primaryAngle, setup.secondaryAngle, setup.sourceToIsocenter = (float(v) for v in geo.clinical)
+    put("sdd", sdd)
+    if spacing is not None:
+        put("pixelSpacingRow", spacing[0])
+        put("pixelSpacingColumn", spacing[1])
+    if clinical is not None and (overwrite or unset("sourceToIsocenter")):
+        setup.primaryAngle, setup.secondaryAngle, setup.sourceToIsocenter = clinical
     return geo
 
 
 def detector_from_setup(setup: Setup, geo: XRayGeometry) -> Detector:
-    """The detector: the setup's numbers where set (non-zero), else the X-ray's."""
-    sdd = setup.sdd if setup.sdd > 0 else geo.sdd
-    if not sdd or not sdd > 0:
+    """The detector: the setup's numbers where set (non-zero), else the X-ray's.
+
+    InputError naming the panel field when a set number is out of the limits
+    (`DiffRegLogic.limits`), or naming the X-ray when a number it states is.
+    """
+    checks.check_geometry_fields(setup)
+    sdd = setup.sdd or _stated_sdd(geo)
+    if not sdd:
         raise InputError(
             "the source-to-detector distance is missing: the X-ray has no DICOM DistanceSourceToDetector (0018,1110); "
-            "enter it (mm) under Geometry"
+            f"enter it (mm) under {checks.field_label('sdd')}"
         )
-    row, col = geo.pixel_spacing or (0.0, 0.0)
-    row = setup.pixelSpacingRow if setup.pixelSpacingRow > 0 else row
-    col = setup.pixelSpacingColumn if setup.pixelSpacingColumn > 0 else col
-    if not (row > 0 and col > 0):
-        raise InputError("the detector pixel spacing is missing; enter the row and column spacing (mm) under Geometry")
-    pp = None if setup.principalPointAtCenter else (setup.principalPointColumn, setup.principalPointRow)
+    row, col = (0.0, 0.0) if setup.pixelSpacingRow and setup.pixelSpacingColumn else _stated_spacing(geo) or (0.0, 0.0)
+    row, col = setup.pixelSpacingRow or row, setup.pixelSpacingColumn or col
+    if not (row and col):
+        raise InputError("the detector pixel spacing is missing; enter the row and column spacing (mm) under "
+                         f"{checks.field_label('pixelSpacingRow')} and {checks.field_label('pixelSpacingColumn')}")
+    pp = None if setup.principalPointAtCenter else (float(setup.principalPointColumn), float(setup.principalPointRow))
     return Detector(geo.rows, geo.cols, float(sdd), (float(row), float(col)), pp)
 
 

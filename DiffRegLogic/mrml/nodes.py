@@ -16,48 +16,65 @@ from ..volume.ct import Volume
 from ..volume.hu import HUToMu
 from ..xray.image import XRay
 from ..xray.readers import read_xray, xray_from_array
+from . import checks
 from .matrices import _vtk, ijk_to_ras, parent_to_world, set_ijk_to_ras
 
 
-def voxels_of(node) -> np.ndarray:
-    """A copy of a scalar volume node's voxels, (K, J, I) float64 (``arrayFromVolume`` order)."""
+def voxels_of(node, dims: tuple[int, int, int] | None = None) -> np.ndarray:
+    """A copy of a scalar volume node's voxels, (K, J, I) float64 (``arrayFromVolume`` order).
+
+    ``dims``: the node's (I, J, K) when the caller has checked them already
+    (`checks.image_dimensions`). The scalars must be one grayscale component
+    with one value per voxel.
+    """
     from vtk.util import numpy_support
 
-    image = node.GetImageData()
-    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
-        raise InputError(f"'{node.GetName()}' has no voxels (empty volume node); load or select a volume with data")
-    scalars = image.GetPointData().GetScalars()
+    i, j, k = checks.image_dimensions(node) if dims is None else dims
+    name = checks.node_name(node)
+    point_data = node.GetImageData().GetPointData()
+    scalars = point_data.GetScalars() if point_data is not None else None
+    if scalars is None:
+        raise InputError(f"'{name}' has no voxels (empty volume node); load or select a volume with data")
     if scalars.GetNumberOfComponents() != 1:
         raise InputError(
-            f"'{node.GetName()}' has {scalars.GetNumberOfComponents()} components per voxel (colour or vector); "
-            "DiffReg needs a grayscale scalar volume"
+            f"'{name}' has {scalars.GetNumberOfComponents()} components per voxel (colour or vector); "
+            "DiffReg needs a grayscale scalar volume (convert it with the Vector to Scalar Volume module)"
         )
-    i, j, k = image.GetDimensions()
-    if i * j * k == 0:
-        raise InputError(f"'{node.GetName()}' is empty (dimensions {i} x {j} x {k})")
-    return numpy_support.vtk_to_numpy(scalars).reshape(k, j, i).astype(np.float64, copy=True)
+    if scalars.GetNumberOfTuples() != i * j * k:
+        raise InputError(
+            f"'{name}' claims {i} x {j} x {k} voxels but holds {scalars.GetNumberOfTuples()} values; the volume is "
+            "damaged: reload it from its file"
+        )
+    try:
+        values = numpy_support.vtk_to_numpy(scalars)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InputError(f"'{name}' stores its voxels as {scalars.GetClassName()}, which DiffReg cannot read; "
+                         "cast it to a number type (Cast Scalar Volume module)") from exc
+    return values.reshape(k, j, i).astype(np.float64, copy=True)
 
 
 def _require_volume_node(node, what: str, hint: str) -> None:
     if node is None:
         raise InputError(f"no {what} selected: {hint}")
-    if not node.IsA("vtkMRMLScalarVolumeNode"):
-        raise InputError(f"'{node.GetName()}' ({node.GetClassName()}) is not a scalar volume; {hint}")
+    if not checks.is_node(node, "vtkMRMLScalarVolumeNode"):
+        kind = node.GetClassName() if checks.is_node(node, "vtkMRMLNode") else type(node).__name__
+        raise InputError(f"'{checks.node_name(node)}' ({kind}) is not a scalar volume; {hint}")
 
 
 def volume_from_node(node, hu_to_mu: HUToMu | None = None, dtype: torch.dtype = torch.float32) -> Volume:
     """Engine `Volume` (mu in 1/mm, affine = world RAS incl. parent transforms) from a CT node in HU.
 
-    The node is only read (its voxels are copied).
+    The node is only read (its voxels are copied). Its size, spacing,
+    directions and parent transforms are checked before the voxels are
+    copied, the voxels (finite) before they are converted; InputError
+    naming the node otherwise.
     """
     _require_volume_node(node, "CT volume", "pick the CT in 'Input CT'")
-    hu = voxels_of(node)
-    if hu.shape[0] < 2 or min(hu.shape) < 2:
-        raise InputError(
-            f"'{node.GetName()}' has shape {hu.shape[2]} x {hu.shape[1]} x {hu.shape[0]} voxels: a single slice is "
-            "an image, not a CT; pick the 3D CT volume (and the 2D image as the X-ray)"
-        )
-    affine = parent_to_world(node) @ ijk_to_ras(node)
+    dims = checks.image_dimensions(node)
+    checks.check_ct_size(node, dims)
+    affine = checks.check_ct_placement(node, ijk_to_ras(node), parent_to_world(node))
+    hu = voxels_of(node, dims)
+    checks.check_finite(node, hu, "CT")
     return Volume.from_hu(torch.from_numpy(hu), torch.from_numpy(affine), hu_to_mu, dtype=dtype)
 
 
@@ -83,16 +100,14 @@ def dicom_file_of(node, file_for_instance: Callable[[str], str] | None = None) -
 
 
 def _xray_array(node) -> np.ndarray:
+    """The X-ray node's pixels (rows, cols) float64; its size is checked before any scalar is read."""
     _require_volume_node(node, "X-ray", "pick the 2D X-ray image in 'Input X-ray'")
-    array = voxels_of(node)
-    if array.shape[0] != 1:
-        raise InputError(
-            f"'{node.GetName()}' has {array.shape[0]} slices; an X-ray is a single-slice volume (cols x rows x 1). "
-            "Pick the 2D X-ray (a multi-frame cine loads as a sequence: pick one frame)"
-        )
-    if min(array.shape[1:]) < 2:
-        raise InputError(f"'{node.GetName()}' is {array.shape[2]} x {array.shape[1]} pixels; an X-ray needs at least 2 x 2")
-    return array[0]
+    dims = checks.image_dimensions(node)
+    checks.check_xray_size(node, dims)
+    checks.check_xray_placement(node, ijk_to_ras(node))
+    array = voxels_of(node, dims)[0]
+    checks.check_finite(node, array, "X-ray")
+    return array
 
 
 def xray_from_node(node, intensity: str = "auto", file_for_instance: Callable[[str], str] | None = None) -> XRay:

@@ -6,15 +6,17 @@ linked by node references so that later runs reuse them.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..errors import InputError
 from ..geometry.detector import Detector
 from .carm import carm_polydata, detector_plane_matrix
-from .matrices import _vtk, set_transform_matrix
+from .checks import check_outputs
+from .matrices import _vtk, ijk_to_ras, set_ijk_to_ras, set_transform_matrix, transform_matrix
 from .nodes import _write_volume
 from .poses import transform_from_pose
 from .settings import CARM_IN_PATIENT, Setup
@@ -24,6 +26,8 @@ ROLE_MOVING, ROLE_FIXED = "movingVolume", "fixedVolume"  # on the output transfo
 ROLE_DRR, ROLE_XRAY_COPY, ROLE_MODEL, ROLE_OVERLAY = "diffregDrr", "diffregXray", "diffregCarm", "diffregOverlay"
 ROLE_TABLE, ROLE_CHART = "diffregTable", "diffregChart"
 CARM_COLOR = (1.0, 0.8, 0.2)  # source, detector outline and edge rays in 3D
+DERIVED_ROLES = (ROLE_XRAY_COPY, ROLE_MODEL, ROLE_OVERLAY, ROLE_TABLE, ROLE_CHART)
+"""The references of the output DRR to the other nodes DiffReg writes."""
 
 
 def _new_node(scene, class_name: str, name: str):
@@ -34,9 +38,9 @@ def _new_node(scene, class_name: str, name: str):
 
 
 def _referenced(owner, role: str, scene, class_name: str, name: str):
-    """The node ``owner`` references under ``role``, created (and referenced) when missing."""
+    """The node ``owner`` references under ``role``, created (and referenced) when missing or of another kind."""
     node = owner.GetNodeReference(role)
-    if node is None or node.GetScene() is not scene:
+    if node is None or node.GetScene() is not scene or not node.IsA(class_name):
         node = _new_node(scene, class_name, name)
         owner.SetNodeReferenceID(role, node.GetID())
     return node
@@ -58,12 +62,11 @@ def ensure_outputs(scene, setup: Setup) -> Outputs:
 
     ``setup.outputTransform`` and ``setup.outputDrr`` are set when they were
     empty. The X-ray copy, the C-arm model and the overlay volume are
-    referenced from the DRR node so that later runs reuse them.
+    referenced from the DRR node so that later runs reuse them. Outputs
+    that are inputs (or would move one) are refused first
+    (`DiffRegLogic.mrml.checks.check_outputs`), before any node is created.
     """
-    inputs = [n for n in (setup.inputVolume, setup.xrayVolume, setup.initialTransform) if n is not None]
-    for node, what in ((setup.outputTransform, "output transform"), (setup.outputDrr, "output DRR")):
-        if node is not None and any(node is n for n in inputs):
-            raise InputError(f"the {what} '{node.GetName()}' is also an input; pick or create a separate output node")
+    check_outputs(setup, DERIVED_ROLES)
     base = setup.xrayVolume.GetName() if setup.xrayVolume is not None else "X-ray"
     if setup.outputTransform is None:
         setup.outputTransform = _new_node(scene, "vtkMRMLLinearTransformNode", f"{base} C-arm pose")
@@ -87,6 +90,78 @@ def ensure_outputs(scene, setup: Setup) -> Outputs:
     return Outputs(transform, drr, xray_copy, model, overlay)
 
 
+def _state(node) -> Callable[[], None] | None:
+    """A function that gives ``node`` back the content and placement DiffReg may write (None: nothing to keep)."""
+    if node is None:
+        return None
+    parent = node.GetTransformNodeID() if hasattr(node, "GetTransformNodeID") else None
+    if node.IsA("vtkMRMLLinearTransformNode"):
+        matrix = transform_matrix(node)
+        refs = {role: node.GetNodeReferenceID(role) for role in (ROLE_MOVING, ROLE_FIXED)}
+
+        def restore() -> None:
+            set_transform_matrix(node, matrix)
+            for role, ref in refs.items():
+                node.SetNodeReferenceID(role, ref)
+    elif node.IsA("vtkMRMLVolumeNode"):
+        image, ijk = node.GetImageData(), ijk_to_ras(node)
+        refs = {role: node.GetNodeReferenceID(role) for role in DERIVED_ROLES}
+
+        def restore() -> None:
+            node.SetAndObserveImageData(image)
+            set_ijk_to_ras(node, ijk)
+            for role, ref in refs.items():
+                node.SetNodeReferenceID(role, ref)
+    elif node.IsA("vtkMRMLModelNode"):
+        poly = node.GetPolyData()
+
+        def restore() -> None:
+            node.SetAndObservePolyData(poly)
+    elif node.IsA("vtkMRMLTableNode"):
+        table = node.GetTable()
+
+        def restore() -> None:
+            node.SetAndObserveTable(table)
+    else:
+        return None
+
+    def restore_placement() -> None:
+        restore()
+        if hasattr(node, "SetAndObserveTransformNodeID"):
+            node.SetAndObserveTransformNodeID(parent)
+
+    return restore_placement
+
+
+@contextmanager
+def restore_on_failure(scene, setup: Setup) -> Iterator[None]:
+    """Undo what the block did to the outputs when it raises: the scene and the outputs are as before.
+
+    Existing output nodes (the setup's transform and DRR, and the nodes the
+    DRR references) get their matrix, voxels, geometry, model, table and
+    parent transform back; nodes the block added to the scene are removed;
+    ``setup.outputTransform`` / ``setup.outputDrr`` get their earlier
+    values. The exception is raised on.
+    """
+    fields = (setup.outputTransform, setup.outputDrr)
+    nodes = list(fields)
+    if setup.outputDrr is not None:
+        nodes += [setup.outputDrr.GetNodeReference(role) for role in DERIVED_ROLES]
+    states = [state for state in map(_state, nodes) if state is not None]
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    except BaseException:
+        for restore in states:
+            restore()
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in reversed([n for n in added if n.GetID() not in before]):
+            if scene.GetNodeByID(node.GetID()) is not None:
+                scene.RemoveNode(node)
+        setup.outputTransform, setup.outputDrr = fields
+        raise
+
+
 def place_outputs(outputs: Outputs, meaning: str) -> None:
     """Parent the detector-plane nodes to the output transform (C-arm in patient) or to nothing."""
     parent_id = outputs.transform.GetID() if meaning == CARM_IN_PATIENT else None
@@ -94,9 +169,9 @@ def place_outputs(outputs: Outputs, meaning: str) -> None:
         node.SetAndObserveTransformNodeID(parent_id)
 
 
-def write_pose(outputs: Outputs, pose, meaning: str, ct_node) -> None:
-    """Write camera_from_world ``pose`` into the output transform."""
-    set_transform_matrix(outputs.transform, transform_from_pose(pose, meaning, ct_node))
+def write_pose(outputs: Outputs, pose, meaning: str, ct_node, ct_parent: np.ndarray | None = None) -> None:
+    """Write camera_from_world ``pose`` into the output transform (``ct_parent``: see `transform_from_pose`)."""
+    set_transform_matrix(outputs.transform, transform_from_pose(pose, meaning, ct_node, ct_parent))
 
 
 def write_detector_images(outputs: Outputs, detector: Detector, drr: np.ndarray | None = None,

@@ -18,18 +18,34 @@ import torch
 from .. import geometry
 from ..errors import InputError
 from ..registration.initializers import ClinicalAngles
+from . import checks
 from .carm import XRayGeometry
 from .matrices import _to_world, parent_to_world
 from .settings import CARM_IN_PATIENT, PATIENT_IN_CARM, POSE_FROM_TRANSFORM, TRANSFORM_MEANINGS, Setup
 
 
-def transform_from_pose(pose, meaning: str, ct_node) -> np.ndarray:
-    """Matrix to parent (4, 4) of the output transform for camera_from_world ``pose`` (see module docstring)."""
+def _inverse(matrix: np.ndarray, what: str) -> np.ndarray:
+    """Inverse of a (4, 4) matrix; InputError naming ``what`` when it is not finite or singular."""
+    if not np.isfinite(matrix).all():
+        raise InputError(f"{what} has NaN or infinite entries; set a rigid matrix in the Transforms module")
+    try:
+        return np.linalg.inv(matrix)
+    except np.linalg.LinAlgError:
+        raise InputError(f"{what} is singular; set a rigid matrix in the Transforms module") from None
+
+
+def transform_from_pose(pose, meaning: str, ct_node, ct_parent: np.ndarray | None = None) -> np.ndarray:
+    """Matrix to parent (4, 4) of the output transform for camera_from_world ``pose`` (see module docstring).
+
+    ``ct_parent``: the CT's parent-to-world (4, 4) the pose was found in
+    (default: read now). A registration passes the one it read at its start,
+    so writing a transform the CT sits under never compounds.
+    """
     pose = np.asarray(torch.as_tensor(pose, dtype=torch.float64).cpu(), dtype=np.float64)
     if meaning == CARM_IN_PATIENT:
-        return np.linalg.inv(pose)
+        return _inverse(pose, "the pose")
     if meaning == PATIENT_IN_CARM:
-        return pose @ parent_to_world(ct_node)
+        return pose @ (parent_to_world(ct_node) if ct_parent is None else np.asarray(ct_parent, dtype=np.float64))
     raise InputError(f"unknown transform meaning {meaning!r}; choose one of {', '.join(TRANSFORM_MEANINGS)}")
 
 
@@ -37,19 +53,26 @@ def pose_from_transform(transform_node, meaning: str, ct_node) -> torch.Tensor:
     """camera_from_world (4, 4) float64 from a transform node read with ``meaning`` (inverse of `transform_from_pose`).
 
     The node's own parent transforms are included (its matrix to world).
+    InputError for anything but a linear transform node with a finite,
+    invertible, rigid matrix.
     """
     if transform_node is None:
         raise InputError("no initial transform selected: pick one under Initial pose, or start from C-arm angles")
+    name = checks.node_name(transform_node)
+    if not checks.is_node(transform_node, "vtkMRMLTransformNode"):
+        raise InputError(f"initial transform '{name}' is not a transform node; pick a linear transform under "
+                         "Initial pose > Initial transform")
     if not transform_node.IsTransformToWorldLinear():
-        raise InputError(f"initial transform '{transform_node.GetName()}' is not linear; pick a linear transform")
+        raise InputError(f"initial transform '{name}' is not linear; pick a linear transform")
     m = _to_world(transform_node)
     if meaning == CARM_IN_PATIENT:
-        pose = np.linalg.inv(m)
+        pose = _inverse(m, f"initial transform '{name}' (with its parents)")
     elif meaning == PATIENT_IN_CARM:
-        pose = m @ np.linalg.inv(parent_to_world(ct_node))
+        _inverse(m, f"initial transform '{name}' (with its parents)")
+        pose = m @ _inverse(parent_to_world(ct_node), f"the parent transform of CT '{checks.node_name(ct_node)}'")
     else:
         raise InputError(f"unknown transform meaning {meaning!r}; choose one of {', '.join(TRANSFORM_MEANINGS)}")
-    return geometry.check_pose(torch.from_numpy(pose), name=f"initial transform '{transform_node.GetName()}'")[0]
+    return geometry.check_pose(torch.from_numpy(pose), name=f"initial transform '{name}'")[0]
 
 
 @dataclass(frozen=True)
@@ -74,6 +97,7 @@ def initializer_from_setup(setup: Setup, geo: XRayGeometry):
         if setup.initialTransform is None:
             pose_from_transform(None, setup.transformMeaning, setup.inputVolume)  # raises the message
         return TransformInitializer(setup.initialTransform, setup.transformMeaning, setup.inputVolume)
+    checks.check_pose_fields(setup)
     distance = setup.sourceToIsocenter
     primary, secondary = setup.primaryAngle, setup.secondaryAngle
     if not distance > 0 and geo.clinical is not None:
@@ -88,4 +112,5 @@ def initializer_from_setup(setup: Setup, geo: XRayGeometry):
 
 def initial_pose(setup: Setup, volume, geo: XRayGeometry) -> torch.Tensor:
     """camera_from_world (4, 4) float64 of the start: a transform node, or C-arm angles about the CT centre."""
-    return initializer_from_setup(setup, geo)(None, None, volume)[0]
+    pose = initializer_from_setup(setup, geo)(None, None, volume)
+    return geometry.check_pose(pose, name="the initial pose (Initial pose section)")[0]

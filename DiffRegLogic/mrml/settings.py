@@ -23,6 +23,7 @@ application.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,10 +116,10 @@ class Setup:
             factors = tuple(float(x) for x in str(self.levels).replace(",", " ").split())
         except ValueError:
             factors = ()
-        if not factors or any(not (f >= 1) for f in factors):
+        if not factors or any(not (1 <= f < math.inf) for f in factors):
             raise InputError(
                 f"levels {self.levels!r}: give downsampling factors >= 1, coarse to fine, separated by spaces "
-                "(e.g. '8 4 2 1')"
+                "(e.g. '8 4 2 1') under Options > Levels (levels)"
             )
         return factors
 
