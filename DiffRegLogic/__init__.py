@@ -25,9 +25,22 @@ modules (`DiffRegLogic.mrml.settings`, `DiffRegLogic.errors`, the CLI's
 parser) load where torch is not installed yet or is not needed. Module paths
 of version 0.1 that moved (``DiffRegLogic.io``, ``.settings``, ...) still
 import (`_compat`).
+
+Threads: torch and numba both run on OpenMP, whose idle threads by default
+spin for a while before they sleep; two DiffReg processes on the same cores
+then spend their time spinning against each other (two registrations at
+once on 2 cores: 30 s each instead of 3). Unless the environment says
+otherwise, importing DiffReg before torch sets ``OMP_WAIT_POLICY=PASSIVE``
+(idle threads sleep at once); ``DIFFREG_THREADS=N`` (or
+`devices.set_threads`) caps the threads of the renderers and of torch.
+See ``bench/bench_concurrent.py`` for the measurement.
 """
 
-from . import _compat
+import os as _os
+
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by libgomp when torch or numba first loads it
+
+from . import _compat  # noqa: E402
 from ._lazy import lazy_exports
 
 __version__ = "0.1.0"

@@ -32,3 +32,37 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     elif device.type != "cpu":
         raise InputError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     return device
+
+
+THREADS_VARIABLE = "DIFFREG_THREADS"
+"""Environment variable: the CPU threads of torch and the fused renderers (default: every core this process may use)."""
+
+
+def set_threads(n: int | None = None) -> int:
+    """Cap the CPU threads of torch and of the fused (numba) renderers at ``n``; returns the number used.
+
+    ``None`` takes ``DIFFREG_THREADS`` if set, else leaves the defaults (the
+    cores this process may use). Running several registrations on one
+    machine at once, give each ``cores / processes`` threads.
+    """
+    import os
+
+    from .limits import check_number
+
+    if n is None:
+        text = os.environ.get(THREADS_VARIABLE, "").strip()
+        if not text:
+            return torch.get_num_threads()
+        try:
+            n = int(text)
+        except ValueError:
+            raise InputError(f"{THREADS_VARIABLE} must be a whole number of threads, got {text!r}") from None
+        name = THREADS_VARIABLE
+    else:
+        name = "threads"
+    n = check_number(name, n, 1, 1024, integer=True)
+    torch.set_num_threads(n)
+    from .drr import fused_cpu
+
+    fused_cpu.set_threads(n)
+    return n

@@ -24,7 +24,7 @@ LONG_MODULES = {
 
 def test_subpackages_in_import_order_exist():
     assert set(SUBPACKAGES) == {"geometry", "volume", "physics", "drr", "xray", "similarity", "registration",
-                                "learning", "figures", "experiments", "cli", "mrml"}
+                                "learning", "figures", "experiments", "cli", "mrml", "validation"}
 
 
 def test_importing_the_packages_loads_no_heavy_library():

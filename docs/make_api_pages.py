@@ -38,7 +38,7 @@ PACKAGE = "DiffRegLogic"
 API = DOCS / "api"
 
 ORDER = ("geometry", "volume", "physics", "drr", "xray", "similarity", "registration", "learning",
-         "figures", "experiments", "cli", "mrml")
+         "figures", "experiments", "cli", "mrml", "validation")
 """Subpackages in import order (DESIGN.md); any subpackage not listed follows, alphabetically."""
 
 TOP = "package"

@@ -6,10 +6,22 @@
     diffreg experiment landscape|robustness|polychromatic --out DIR [--n 100 --max-rot 45 --max-trans 60]
     diffreg pose     --ct CT --clinical PRIMARY SECONDARY --source-to-isocenter 600 --out P.json
 
-Errors in the input (missing files, bad JSON, wrong shapes, CUDA absent) and
-in the command line itself (unknown option, missing value) print one
-``error: ...`` line that says what to fix and exit with status 2 (3 for out
-of memory). Input files are only read; outputs go to the paths given.
+The error contract, for every command:
+
+* bad input (missing or unreadable files, bad JSON, values out of range,
+  wrong shapes, CUDA absent) and bad command lines print one ``error: ...``
+  line that says what to fix and exit with status 2 (3 for out of memory);
+* every output path is checked before any work (`validation.outputs`): an
+  output that is an input, a folder, or in a folder this user cannot write
+  is refused; outputs are written under temporary names and moved into
+  place only when the command succeeded, so a failure leaves nothing;
+* SIGINT (Ctrl-C) and SIGTERM end the command with one ``error:
+  interrupted`` line, status 130 or 143, and no partial outputs
+  (experiments keep the rows already finished and say where);
+* anything else is a bug: one ``error: internal error ...`` line naming the
+  command and asking for a report, status 1; ``--debug`` (or
+  ``DIFFREG_DEBUG=1``) shows the traceback.
+
 Building the parser and checking the arguments import no torch, numba or
 numpy, so help texts and argument errors come back at once; a command's
 ``run`` imports what it uses.
@@ -18,8 +30,12 @@ numpy, so help texts and argument errors come back at once; a command's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from .. import __version__
@@ -27,7 +43,13 @@ from ..errors import InputError
 from . import demo, experiment, pose, register, render
 
 COMMANDS = (demo, register, experiment, render, pose)
-"""One module per command, each with ``add_parser(subparsers)`` and ``run(args) -> int``."""
+"""One module per command, each with ``add_parser(subparsers)``, ``check(args) -> Outputs`` and
+``run(args, outputs) -> int``."""
+
+BUG_REPORTS = "https://github.com/diffreg/diffreg/issues"
+"""Where the last-resort handler asks users to report an internal error."""
+EXIT_INPUT, EXIT_MEMORY, EXIT_BUG = 2, 3, 1
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 _program_run = False
 """True while `main` runs a whole program (``argv=None``): `imports_done` then manages the collector."""
@@ -60,10 +82,35 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diffreg", description="Differentiable DRRs and 2D/3D CT-to-X-ray registration.")
     parser.add_argument("--version", action="version", version=f"diffreg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
-        command.add_parser(sub)
+        command.add_parser(sub).add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                             help="show the traceback of an internal error")
     return parser
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (as SIGINT raises KeyboardInterrupt), so that cleanups run."""
+
+    signal = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM raises `Interrupted` while the block runs (main thread only; the old handler is restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,23 +135,74 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.enable()
 
 
+class _Caught(list):
+    succeeded = False
+
+
+@contextlib.contextmanager
+def _warnings_after_success():
+    """Python warnings (numpy's, ITK's through Python, torch's) held back while a command runs.
+
+    A failed command prints its one ``error:`` line and nothing else; a
+    command that succeeded prints each distinct warning afterwards as one
+    ``warning: ...`` line.
+    """
+    import warnings
+
+    caught = _Caught()
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("default")
+        yield caught
+    if caught.succeeded:
+        for text in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in records):
+            print("warning: " + " ".join(text.split()), file=sys.stderr)
+
+
+def _out_of_memory(command: str, exc: BaseException) -> int:
+    _error(f"out of memory in '{command}' ({str(exc) or 'allocation failed'}): use a smaller detector, fewer "
+           "--n-starts, a lower --max-memory-mb, or another device")
+    return EXIT_MEMORY
+
+
+def _error(message: str) -> None:
+    print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)  # one line, always
+
+
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    try:
-        check = getattr(args, "check", None)
-        if check is not None:
-            check(args)
-        return args.func(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MemoryError as exc:
-        print(f"error: out of memory: {exc}", file=sys.stderr)
-        return 3
+    command = f"diffreg {args.command}"
+    with _signals_interrupt(), _warnings_after_success() as caught:
+        try:
+            outputs = args.check(args)  # arguments and every output path, before any heavy import or work
+            status = args.func(args, outputs)
+            caught.succeeded = status == 0
+            return status
+        except InputError as exc:
+            _error(exc)
+            return EXIT_INPUT
+        except MemoryError as exc:
+            return _out_of_memory(command, exc)
+        except KeyboardInterrupt as exc:
+            number = getattr(exc, "signal", signal.SIGINT)
+            kept = getattr(exc, "kept", None)
+            what = f"the rows finished so far are in {kept}" if kept else "no output was written"
+            _error(f"interrupted ({signal.Signals(number).name}) during '{command}'; {what}")
+            return EXIT_SIGNAL[number]
+        except Exception as exc:  # a bug: one line, the traceback only when asked for
+            if any(k.__name__ == "OutOfMemoryError" for k in type(exc).__mro__):  # torch's, without importing torch
+                return _out_of_memory(command, exc)
+            if getattr(args, "debug", False) or os.environ.get("DIFFREG_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            _error(f"internal error in '{command}': {type(exc).__name__}: {exc}. This is a bug in DiffReg "
+                   f"{__version__}; please report it with the command line at {BUG_REPORTS} (rerun with "
+                   "--debug for the traceback)")
+            return EXIT_BUG
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,14 @@ DEFAULT_EXPERIMENT_PHOTONS = 2e4
 DEFAULT_EXPERIMENT_BLUR_MM = 0.5
 
 
+def device_of(args) -> torch.device:
+    """The torch device of ``--device``, after capping the CPU threads at ``--threads`` (or $DIFFREG_THREADS)."""
+    from ..devices import resolve_device, set_threads
+
+    set_threads(getattr(args, "threads", None))
+    return resolve_device(args.device)
+
+
 def dtype_of(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
@@ -143,15 +151,3 @@ def pose_reports(estimates: Sequence[torch.Tensor], truth: torch.Tensor, volume:
         "rotation_error_deg": float(evaluation.rotation_error_deg(estimate, truth)),
         "translation_error_mm": float(evaluation.translation_error_mm(estimate, truth, center)),
     } for estimate in estimates]
-
-
-def registration_options(args):
-    """`RegistrationOptions` from the command line (through `make_options`; polychromatic traces with --tracer)."""
-    from ..registration.options import make_options
-
-    return make_options(
-        optimizer=args.optimizer, similarity=args.similarity,
-        renderer=args.tracer if args.renderer == POLYCHROMATIC else args.renderer,
-        parameterization=args.parameterization, levels=tuple(args.levels), max_iterations=args.iterations,
-        n_starts=args.n_starts, seed=args.seed, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb,
-    )

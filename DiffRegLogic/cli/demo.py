@@ -18,18 +18,28 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_engine_options(p)
     add_physics_options(p)
     add_registration_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
     return p
 
 
-def run(args) -> int:
+def check(args):
+    """The registration settings and the output folder, before any work; returns the checked `Outputs`."""
+    from ..validation.outputs import Outputs
+    from .options import registration_options
+
+    registration_options(args)
+    outputs = Outputs()
+    outputs.folder(args.out, "--out", FILES)
+    return outputs
+
+
+def run(args, outputs=None) -> int:
     import time
     from pathlib import Path
 
     import torch
 
     from .. import __version__
-    from ..devices import resolve_device
     from ..drr.rendering import render
     from ..experiments.demo import demo_detector, demo_poses
     from ..figures import composites
@@ -39,15 +49,15 @@ def run(args) -> int:
     from ..similarity.metrics import image_metrics
     from ..volume.phantoms import chest_phantom
     from ..xray.files import write_image
-    from .common import (dtype_of, loss_curve, model, pose_reports, progress_printer, registration_options,
-                         write_png)
+    from .common import device_of, dtype_of, loss_curve, model, pose_reports, progress_printer, write_png
+    from .options import registration_options
     from .app import imports_done
 
     imports_done()
-    device = resolve_device(args.device)
+    outputs = outputs or check(args)
+    device = device_of(args)
     options = registration_options(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     volume, tracer = model(args, chest_phantom(dtype=dtype_of(args.dtype)))
     volume = volume.to(device)
@@ -67,18 +77,6 @@ def run(args) -> int:
     with torch.no_grad():
         final = render(volume, detector, result.pose, tracer, **options.render_options())[0]
     fixed, before, after = xray.cpu().numpy(), moving.cpu().numpy(), final.cpu().numpy()
-    write_image(out / "target.npy", fixed)
-    write_image(out / "target.png", fixed)
-    write_image(out / "start.png", before)
-    write_image(out / "registered.png", after)
-    write_png(out / "overlay.png", composites.overlay_rgb(fixed, before))
-    composites.save_png(out / "before_after.png", composites.before_after(fixed, before, after))
-    composites.save_png(out / "checkerboard.png", composites.checkerboard(fixed, after))
-    composites.save_png(out / "loss_curve.png", loss_curve(result))
-    write_json(out / "geometry.json", detector_to_dict(detector))
-    write_json(out / "target_pose.json", pose_to_dict(target))
-    write_json(out / "start_pose.json", pose_to_dict(start))
-    write_json(out / "registered_pose.json", pose_to_dict(result.pose))
     before_err, after_err = pose_reports([start, result.pose], target, volume, detector)
     summary = {
         "diffreg_version": __version__,
@@ -97,7 +95,25 @@ def run(args) -> int:
         "files": FILES,
         "registration": {k: v for k, v in result.to_dict().items() if k != "trace"},
     }
-    write_json(out / "result.json", summary)
+    with outputs.staged() as stage:  # every file moved into the folder at the end, none if anything fails
+        stage.folder(out)
+
+        def to(name: str) -> Path:
+            return stage.path(out / name)
+
+        write_image(to("target.npy"), fixed)
+        write_image(to("target.png"), fixed)
+        write_image(to("start.png"), before)
+        write_image(to("registered.png"), after)
+        write_png(to("overlay.png"), composites.overlay_rgb(fixed, before))
+        composites.save_png(to("before_after.png"), composites.before_after(fixed, before, after))
+        composites.save_png(to("checkerboard.png"), composites.checkerboard(fixed, after))
+        composites.save_png(to("loss_curve.png"), loss_curve(result))
+        write_json(to("geometry.json"), detector_to_dict(detector))
+        write_json(to("target_pose.json"), pose_to_dict(target))
+        write_json(to("start_pose.json"), pose_to_dict(start))
+        write_json(to("registered_pose.json"), pose_to_dict(result.pose))
+        write_json(to("result.json"), summary)
     state = "converged" if result.converged else f"stopped ({result.stop_reason})"
     print(f"registration {state} in {result.seconds:.1f} s, {result.iterations} iterations: "
           f"mTRE {before_err['mtre_mm']:.1f} -> {after_err['mtre_mm']:.2f} mm, "

@@ -46,9 +46,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def check(args) -> None:
+def check(args):
+    """Argument and output-folder errors, before any work; returns the checked `Outputs`."""
+    from ..limits import MAX_ITERATIONS, MAX_STARTS, MAX_TRANSLATION_MM, SEED_RANGE, check_number
+    from ..validation.outputs import Outputs
+
     if args.kind == "polychromatic" and args.xray is not None:
         raise InputError("the polychromatic experiment simulates its X-ray; drop --xray")
+    check_number("--n", args.n, 1, 100_000, integer=True)
+    check_number("--batch", args.batch, 1, MAX_STARTS, integer=True)
+    check_number("--points", args.points, 2, 1001, integer=True)
+    check_number("--iterations", args.iterations, 1, MAX_ITERATIONS, integer=True)
+    check_number("--seed", args.seed, *SEED_RANGE, integer=True)
+    if args.max_rot is not None:
+        check_number("--max-rot", args.max_rot, 0.0, 180.0, unit="deg")
+    if args.max_trans is not None:
+        check_number("--max-trans", args.max_trans, 0.0, MAX_TRANSLATION_MM, unit="mm")
+    for level in args.levels:
+        check_number("--levels", level, 0.0, 1e6, low_open=True)
+    outputs = Outputs([args.ct, args.xray, args.geometry, args.truth])
+    outputs.folder(args.out, "--out")
+    return outputs
 
 
 def start_range(args) -> tuple[float, float]:
@@ -92,16 +110,16 @@ def _case(args, device):
     return volume, image, detector, truth
 
 
-def run(args) -> int:
+def run(args, outputs=None) -> int:
     from dataclasses import replace
 
     from .. import experiments
-    from ..devices import resolve_device
-    from .common import DEFAULT_EXPERIMENT_BLUR_MM, DEFAULT_EXPERIMENT_PHOTONS, beam_of, hu_conversion, realism_of
+    from .common import DEFAULT_EXPERIMENT_BLUR_MM, device_of, DEFAULT_EXPERIMENT_PHOTONS, beam_of, hu_conversion, realism_of
     from .app import imports_done
 
     imports_done()
-    device = resolve_device(args.device)
+    outputs = outputs or check(args)
+    device = device_of(args)
     volume, image, detector, truth = _case(args, device)
     out = Path(args.out)
     ct_name = "built-in chest phantom" if args.ct == PHANTOM else str(args.ct)
@@ -109,24 +127,26 @@ def run(args) -> int:
     max_rot, max_trans = start_range(args)
     common = dict(levels=tuple(args.levels), renderer=tracer, similarity=args.similarities[0],
                   max_iterations=args.iterations, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb)
-    if args.kind == "polychromatic":
-        realism = realism_of(args)
-        if args.noise_photons is None:
-            blur = DEFAULT_EXPERIMENT_BLUR_MM if args.blur_mm is None else args.blur_mm
-            realism = replace(realism, photons_per_pixel=DEFAULT_EXPERIMENT_PHOTONS, blur_mm=blur)
-        report = experiments.polychromatic(volume, detector, truth, out, beam=beam_of(args), realism=realism,
-                                           hu_to_mu=hu_conversion(args), n=args.n, max_rotation_deg=max_rot,
-                                           max_translation_mm=max_trans, seed=args.seed,
-                                           options=dict(common, optimizer=args.optimizers[0]),
-                                           batch=args.batch, ct_name=ct_name)
-    elif args.kind == "landscape":
-        report = experiments.landscape(volume, image, detector, truth, out, similarities=tuple(args.similarities),
-                                       renderer=tracer, rotation_range_deg=max_rot,
-                                       translation_range_mm=max_trans, n_points=args.points)
-    else:
-        report = experiments.robustness(volume, image, detector, truth, out, optimizers=tuple(args.optimizers),
-                                        n=args.n, max_rotation_deg=max_rot, max_translation_mm=max_trans,
-                                        seed=args.seed, options=common, batch=args.batch, ct_name=ct_name)
+    with outputs.staged() as stage:  # the folder is removed again if the experiment fails before writing to it
+        stage.folder(out)
+        if args.kind == "polychromatic":
+            realism = realism_of(args)
+            if args.noise_photons is None:
+                blur = DEFAULT_EXPERIMENT_BLUR_MM if args.blur_mm is None else args.blur_mm
+                realism = replace(realism, photons_per_pixel=DEFAULT_EXPERIMENT_PHOTONS, blur_mm=blur)
+            report = experiments.polychromatic(volume, detector, truth, out, beam=beam_of(args), realism=realism,
+                                               hu_to_mu=hu_conversion(args), n=args.n, max_rotation_deg=max_rot,
+                                               max_translation_mm=max_trans, seed=args.seed,
+                                               options=dict(common, optimizer=args.optimizers[0]),
+                                               batch=args.batch, ct_name=ct_name)
+        elif args.kind == "landscape":
+            report = experiments.landscape(volume, image, detector, truth, out, similarities=tuple(args.similarities),
+                                           renderer=tracer, rotation_range_deg=max_rot,
+                                           translation_range_mm=max_trans, n_points=args.points)
+        else:
+            report = experiments.robustness(volume, image, detector, truth, out, optimizers=tuple(args.optimizers),
+                                            n=args.n, max_rotation_deg=max_rot, max_translation_mm=max_trans,
+                                            seed=args.seed, options=common, batch=args.batch, ct_name=ct_name)
     written = sorted(str(v) for v in _paths(report))
     print("wrote " + ", ".join(written))
     return 0

@@ -29,6 +29,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory-mb", type=float, default=DEFAULT_MAX_MEMORY_MB,
                    help=f"working-memory budget per detector tile (default {DEFAULT_MAX_MEMORY_MB:g})")
     p.add_argument("--step-voxels", type=float, default=1.0, help="trilinear step length in voxels (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: $DIFFREG_THREADS, else every core); several runs at once: cores / runs")
 
 
 def add_registration_options(p: argparse.ArgumentParser) -> None:
@@ -85,3 +87,18 @@ def add_realism_options(p: argparse.ArgumentParser, blur_default: str = "0") -> 
     g.add_argument("--scatter-sigma-mm", type=float, default=40.0, help="width of the scatter kernel (default 40)")
     g.add_argument("--heel", type=float, default=0.0, help="heel effect: fluence change at the detector edge (+-)")
     g.add_argument("--noise-seed", type=int, default=0, help="seed of the noise (default 0)")
+
+
+def registration_options(args):
+    """`RegistrationOptions` from the command line (through `make_options`; polychromatic traces with --tracer).
+
+    Torch-free, so that every command checks its settings before the heavy imports.
+    """
+    from ..registration.options import make_options
+
+    return make_options(
+        optimizer=args.optimizer, similarity=args.similarity,
+        renderer=args.tracer if args.renderer == POLYCHROMATIC else args.renderer,
+        parameterization=args.parameterization, levels=tuple(args.levels), max_iterations=args.iterations,
+        n_starts=args.n_starts, seed=args.seed, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb,
+    )

@@ -26,14 +26,43 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def check(args) -> None:
+def check(args):
+    """Every number and the output path, before the CT is read; returns the checked `Outputs`."""
+    from pathlib import Path
+
+    from ..limits import MAX_TRANSLATION_MM, SDD_RANGE_MM, check_number
+    from ..validation.outputs import Outputs
+
     if args.clinical is not None and args.source_to_isocenter is None:
         raise InputError("--clinical needs --source-to-isocenter (DICOM DistanceSourceToPatient, mm)")
     if args.spherical is not None and args.sdd is None:
         raise InputError("--spherical needs --sdd (source-to-detector distance, mm)")
+    if args.clinical is not None:
+        for name, value in zip(("PRIMARY_DEG", "SECONDARY_DEG"), args.clinical):
+            check_number(f"--clinical {name}", value, -360.0, 360.0, unit="deg")
+    if args.spherical is not None:
+        for name, value in zip(("THETA", "PHI", "GAMMA"), args.spherical[:3]):
+            check_number(f"--spherical {name}", value, -360.0, 360.0, unit="deg")
+        for name, value in zip(("BX", "BY", "BZ"), args.spherical[3:]):
+            check_number(f"--spherical {name}", value, -MAX_TRANSLATION_MM, MAX_TRANSLATION_MM, unit="mm")
+    if args.sdd is not None:
+        check_number("--sdd", args.sdd, *SDD_RANGE_MM, unit="mm")
+    if args.source_to_isocenter is not None:
+        check_number("--source-to-isocenter", args.source_to_isocenter, 0.0, SDD_RANGE_MM[1], low_open=True,
+                     unit="mm")
+        if args.sdd is not None and args.source_to_isocenter >= args.sdd:
+            raise InputError(f"--source-to-isocenter ({args.source_to_isocenter:g} mm) must be less than --sdd "
+                             f"({args.sdd:g} mm): the isocentre lies between the source and the detector")
+    for value in args.isocenter or ():
+        check_number("--isocenter", value, -MAX_TRANSLATION_MM, MAX_TRANSLATION_MM, unit="mm")
+    if Path(args.out).suffix.lower() != ".json":
+        raise InputError(f"--out must be a .json file for the pose, got {args.out}")
+    outputs = Outputs([args.ct])
+    outputs.file(args.out, "--out")
+    return outputs
 
 
-def run(args) -> int:
+def run(args, outputs=None) -> int:
     import numpy as np
     import torch
 
@@ -44,6 +73,7 @@ def run(args) -> int:
     from .app import imports_done
 
     imports_done()
+    outputs = outputs or check(args)
     center = load_ct(args.ct, HUToMu(), torch.float32).center
     isocenter = torch.as_tensor(args.isocenter, dtype=torch.float64) if args.isocenter else center
     if args.clinical is not None:
@@ -60,6 +90,7 @@ def run(args) -> int:
     data = pose_to_dict(pose)
     data["isocenter_ras_mm"] = isocenter.tolist()
     data.update(described)
-    write_json(args.out, data)
+    with outputs.staged() as stage:
+        write_json(stage.path(args.out), data)
     print(f"wrote {args.out}")
     return 0

@@ -52,11 +52,13 @@ def parse_crop(text: str):
     return tuple(int(part) for part in parts)
 
 
-def check(args) -> None:
-    """Argument and path errors found before any heavy import or file read."""
+def check(args):
+    """Argument and path errors found before any heavy import or file read; returns the checked `Outputs`."""
     from pathlib import Path
 
+    from ..validation.outputs import Outputs
     from ..xray.files import check_image_suffix
+    from .options import registration_options
 
     if Path(args.out).suffix.lower() != ".json":
         raise InputError(f"--out must be a .json file for the result, got {args.out}")
@@ -75,6 +77,11 @@ def check(args) -> None:
         path = getattr(args, option)
         if path is not None and not Path(path).exists():
             raise InputError(f"{what} file not found: {path}")
+    registration_options(args)  # every registration setting, checked before any work (torch-free)
+    outputs = Outputs([args.ct, args.xray, args.geometry, args.init, args.truth])
+    for option in ("out", "drr", "overlay", "curve"):
+        outputs.file(getattr(args, option), f"--{option}")
+    return outputs
 
 
 def _read_inputs(args, device):
@@ -110,14 +117,13 @@ def _read_inputs(args, device):
     return xray, detector, volume, start, truth
 
 
-def run(args) -> int:
+def run(args, outputs=None) -> int:
     t0 = time.perf_counter()
     from pathlib import Path
 
     import torch
 
     from .. import __version__
-    from ..devices import resolve_device
     from ..drr.rendering import render
     from ..figures import composites
     from ..geometry.files import detector_to_dict, write_json
@@ -125,13 +131,15 @@ def run(args) -> int:
     from ..registration.initializers import initial_poses
     from ..similarity.metrics import image_metrics
     from ..xray.files import write_image
-    from .common import loss_curve, pose_reports, progress_printer, registration_options
+    from .common import device_of, loss_curve, pose_reports, progress_printer
+    from .options import registration_options
     from .app import imports_done
 
     imports_done()
+    outputs = outputs or check(args)
     timings = {"imports": time.perf_counter() - t0}
     out = Path(args.out)
-    device = resolve_device(args.device)
+    device = device_of(args)
     options = registration_options(args)
     t = time.perf_counter()
     xray, detector, volume, start, truth = _read_inputs(args, device)
@@ -167,17 +175,18 @@ def run(args) -> int:
     })
     if truth is not None:
         report["error_initial"], report["error"] = pose_reports([initial, result.pose], truth, volume, detector)
-    # every output is written only now, after the registration succeeded
-    if args.drr is not None:
-        write_image(args.drr, final[1], detector)
-    if args.overlay is not None:
-        composites.save_png(args.overlay, composites.before_after(image.cpu().numpy(), final[0].cpu().numpy(),
-                                                                  final[1].cpu().numpy()))
-    if args.curve is not None:
-        composites.save_png(args.curve, loss_curve(result))
-    timings["outputs"] = time.perf_counter() - t
-    report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    write_json(out, report)
+    # every output is written only now, after the registration succeeded, and moved into place together
+    with outputs.staged() as stage:
+        if args.drr is not None:
+            write_image(stage.path(args.drr), final[1], detector)
+        if args.overlay is not None:
+            composites.save_png(stage.path(args.overlay), composites.before_after(
+                image.cpu().numpy(), final[0].cpu().numpy(), final[1].cpu().numpy()))
+        if args.curve is not None:
+            composites.save_png(stage.path(args.curve), loss_curve(result))
+        timings["outputs"] = time.perf_counter() - t
+        report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        write_json(stage.path(out), report)
     state = "converged" if result.converged else f"did NOT converge ({result.stop_reason})"
     line = (f"registration {state}: similarity {result.initial_similarity:.4f} -> {result.similarity:.4f}, "
             f"{result.iterations} iterations, {result.seconds:.1f} s")

@@ -24,31 +24,35 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def check(args) -> None:
-    """Argument errors found without reading any file."""
+def check(args):
+    """Argument and output-path errors found without reading any file; returns the checked `Outputs`."""
+    from ..validation.outputs import Outputs
     from ..xray.files import check_image_suffix
 
     check_image_suffix(args.out)
     if args.implant and args.renderer != POLYCHROMATIC:
         raise InputError("--implant applies to --renderer polychromatic")
+    outputs = Outputs([args.ct, args.labels, args.geometry, args.pose])
+    outputs.file(args.out, "--out")
+    return outputs
 
 
-def run(args) -> int:
+def run(args, outputs=None) -> int:
     import time
     from pathlib import Path
 
     import torch
 
-    from ..devices import resolve_device
     from ..drr.radiograph import simulate_radiograph
     from ..drr.rendering import render
     from ..geometry.files import read_geometry, read_pose
     from ..xray.files import write_image
-    from .common import dtype_of, hu_conversion, load_ct, model, realism_of
+    from .common import device_of, dtype_of, hu_conversion, load_ct, model, realism_of
     from .app import imports_done
 
     imports_done()
-    device = resolve_device(args.device)
+    outputs = outputs or check(args)
+    device = device_of(args)
     detector = read_geometry(args.geometry)
     pose = read_pose(args.pose)
     out = Path(args.out)
@@ -66,7 +70,10 @@ def run(args) -> int:
         else:
             drr = simulate_radiograph(volume, detector, pose, realism, tracer, args.signal, **options)
     seconds = time.perf_counter() - start
-    write_image(out, drr[0], detector)
+    if not bool(torch.isfinite(drr).all()):
+        raise InputError("the DRR has NaN or infinite pixels: check the CT values, the geometry and the pose")
+    with outputs.staged() as stage:
+        write_image(stage.path(out), drr[0], detector)
     what = args.renderer if args.renderer != POLYCHROMATIC else f"polychromatic ({tracer}, {volume.beam.spectrum.name})"
     print(f"wrote {out} ({detector.rows}x{detector.cols}, {what} on {device}, {seconds:.2f} s; "
           f"range {float(drr.min()):.3g}..{float(drr.max()):.3g})")

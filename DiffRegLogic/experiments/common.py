@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import signal
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
@@ -17,6 +21,36 @@ PLOT_SIZE = (640, 360)
 
 N_TARGET_POINTS = 1000
 """CT points of the mTRE in `robustness` and `polychromatic`."""
+
+
+class ExperimentInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during an experiment, raised after the rows finished so far were written to ``kept``."""
+
+    def __init__(self, kept: Path, signal_number: int = signal.SIGINT):
+        super().__init__(f"interrupted; the rows finished so far are in {kept}")
+        self.kept = kept
+        self.signal = signal_number
+
+
+@contextlib.contextmanager
+def keep_rows_on_interrupt(path: Path, columns: Sequence[str], rows: Callable[[], list]):
+    """On KeyboardInterrupt in the block, write ``rows()`` (if any) as CSV to ``path`` and raise `ExperimentInterrupted`.
+
+    ``path`` is a ``*.partial.csv`` name, so that an interrupted run is never
+    mistaken for a finished one; without finished rows the interrupt passes
+    through and nothing is written.
+    """
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        finished = rows()
+        if not finished:
+            raise
+        from .reports import write_csv
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(path, columns, finished)
+        raise ExperimentInterrupted(path, getattr(exc, "signal", signal.SIGINT)) from exc
 
 
 def _check_case(volume, xray, detector, true_pose) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from ..registration.engine import register_batch
 from ..registration.options import make_options
 from ..similarity.metrics import image_metrics
 from ..volume.ct import Volume
-from .common import N_TARGET_POINTS, _count, _nonnegative, _true_pose
+from .common import N_TARGET_POINTS, _count, _nonnegative, _true_pose, keep_rows_on_interrupt
 from .reports import fmt, markdown_table, round_cell, save_png, write_csv
 
 Log = Callable[[str], None]
@@ -94,8 +94,7 @@ def polychromatic(
         xray = simulate_radiograph(materials, detector, pose, realism, renderer)[0]
     models = {"monochromatic": volume, "polychromatic": materials}
     opts = make_options(**(options or {}))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # made only when the results are written (a failed run leaves no empty folder)
 
     center = volume.center.to(torch.float64).cpu()
     starts = perturb_pose(pose, random_motions(n, max_rot, max_trans, int(seed)), center)
@@ -103,49 +102,53 @@ def polychromatic(
     start_mtre = evaluation.mtre(starts, pose, points).tolist()
     t_all = time.perf_counter()
     rows, summary, at_truth = [], {}, {}
-    for name, model in models.items():
-        with torch.no_grad():
-            at_truth[name] = render(model, detector, pose, opts.renderer, **opts.render_options())[0]
-        truth_metrics = image_metrics(at_truth[name], xray)
-        finals, model_rows = [], []
-        t_model = time.perf_counter()
-        for i in range(0, n, batch):
-            t0 = time.perf_counter()
-            results = register_batch(model, xray, detector, starts[i:i + batch], opts, reference_pose=pose)
-            per = (time.perf_counter() - t0) / len(results)
-            final = torch.stack([r.pose for r in results]).to(torch.float64)
+    model_rows: list[dict] = []
+    keep = out / "polychromatic.partial.csv"
+    with keep_rows_on_interrupt(keep, POLY_COLUMNS, lambda: _poly_cells(rows + model_rows)):
+        for name, model in models.items():
             with torch.no_grad():
-                drrs = render(model, detector, final, opts.renderer, **opts.render_options())
-            mtre = evaluation.mtre(final, pose, points).tolist()
-            rot = evaluation.rotation_error_deg(final, pose).tolist()
-            trans = evaluation.translation_error_mm(final, pose, center).tolist()
-            for j, result in enumerate(results):
-                metrics = image_metrics(drrs[j], xray)
-                model_rows.append({"model": name, "start": i + j, "start_mtre_mm": start_mtre[i + j],
-                                   "final_mtre_mm": mtre[j], "rotation_error_deg": rot[j],
-                                   "translation_error_mm": trans[j], "final_similarity": result.similarity,
-                                   "ncc": metrics["ncc"], "ssim": metrics["ssim"],
-                                   "converged": bool(result.converged), "seconds": per})
-            finals += mtre
-        final_mtre = np.array(finals)
-        summary[name] = {
-            "ncc_at_truth": truth_metrics["ncc"], "ssim_at_truth": truth_metrics["ssim"],
-            "success_rate": float(np.mean(final_mtre < success_mm)),
-            "median_final_mtre_mm": float(np.median(final_mtre)),
-            "median_ncc": float(np.median([r["ncc"] for r in model_rows])),
-            "median_ssim": float(np.median([r["ssim"] for r in model_rows])),
-            "median_seconds": float(np.median([r["seconds"] for r in model_rows])),
-        }
-        rows += model_rows
-        if log is not None:
-            s = summary[name]
-            log(f"{name}: NCC at truth {s['ncc_at_truth']:.4f}, success {s['success_rate']:.0%}, median mTRE "
-                f"{s['median_final_mtre_mm']:.2f} mm, {time.perf_counter() - t_model:.1f} s")
+                at_truth[name] = render(model, detector, pose, opts.renderer, **opts.render_options())[0]
+            truth_metrics = image_metrics(at_truth[name], xray)
+            finals, model_rows = [], []
+            t_model = time.perf_counter()
+            for i in range(0, n, batch):
+                t0 = time.perf_counter()
+                results = register_batch(model, xray, detector, starts[i:i + batch], opts, reference_pose=pose)
+                per = (time.perf_counter() - t0) / len(results)
+                final = torch.stack([r.pose for r in results]).to(torch.float64)
+                with torch.no_grad():
+                    drrs = render(model, detector, final, opts.renderer, **opts.render_options())
+                mtre = evaluation.mtre(final, pose, points).tolist()
+                rot = evaluation.rotation_error_deg(final, pose).tolist()
+                trans = evaluation.translation_error_mm(final, pose, center).tolist()
+                for j, result in enumerate(results):
+                    metrics = image_metrics(drrs[j], xray)
+                    model_rows.append({"model": name, "start": i + j, "start_mtre_mm": start_mtre[i + j],
+                                       "final_mtre_mm": mtre[j], "rotation_error_deg": rot[j],
+                                       "translation_error_mm": trans[j], "final_similarity": result.similarity,
+                                       "ncc": metrics["ncc"], "ssim": metrics["ssim"],
+                                       "converged": bool(result.converged), "seconds": per})
+                finals += mtre
+            final_mtre = np.array(finals)
+            summary[name] = {
+                "ncc_at_truth": truth_metrics["ncc"], "ssim_at_truth": truth_metrics["ssim"],
+                "success_rate": float(np.mean(final_mtre < success_mm)),
+                "median_final_mtre_mm": float(np.median(final_mtre)),
+                "median_ncc": float(np.median([r["ncc"] for r in model_rows])),
+                "median_ssim": float(np.median([r["ssim"] for r in model_rows])),
+                "median_seconds": float(np.median([r["seconds"] for r in model_rows])),
+            }
+            rows += model_rows
+            model_rows = []  # the interrupt handler keeps rows + model_rows
+            if log is not None:
+                s = summary[name]
+                log(f"{name}: NCC at truth {s['ncc_at_truth']:.4f}, success {s['success_rate']:.0%}, median mTRE "
+                    f"{s['median_final_mtre_mm']:.2f} mm, {time.perf_counter() - t_model:.1f} s")
     seconds = time.perf_counter() - t_all
 
+    out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, png_path = out / "polychromatic.csv", out / "polychromatic.md", out / "polychromatic.png"
-    write_csv(csv_path, POLY_COLUMNS, [[round_cell(r[c], 5) if isinstance(r[c], float) else r[c] for c in POLY_COLUMNS]
-                                        for r in rows])
+    write_csv(csv_path, POLY_COLUMNS, _poly_cells(rows))
     spectrum = beam.spectrum
     lines = [
         "# Polychromatic vs monochromatic DRRs against a realistic X-ray",
@@ -176,3 +179,8 @@ def polychromatic(
     save_png(png_path, panel_row([grey(xray), grey(at_truth["monochromatic"]), grey(at_truth["polychromatic"])],
                                  ["simulated X-ray", "monochromatic DRR", "polychromatic DRR"]))
     return {"csv": csv_path, "markdown": md_path, "png": png_path, "summary": summary, "seconds": seconds}
+
+
+def _poly_cells(rows: list[dict]) -> list[list]:
+    """CSV cells (`POLY_COLUMNS`) of finished rows."""
+    return [[round_cell(r[c], 5) if isinstance(r[c], float) else r[c] for c in POLY_COLUMNS] for r in rows]

@@ -27,7 +27,8 @@ from ..registration.engine import register_batch
 from ..registration.optimizers import OPTIMIZERS
 from ..registration.options import RegistrationOptions, make_options
 from ..volume.ct import Volume
-from .common import N_TARGET_POINTS, PLOT_SIZE, _check_case, _count, _names, _nonnegative, _thresholds
+from .common import (N_TARGET_POINTS, PLOT_SIZE, _check_case, _count, _names, _nonnegative, _thresholds,
+                     keep_rows_on_interrupt)
 from .reports import fmt, line_plot, markdown_table, round_cell, save_png, write_csv
 
 MTRE_CURVE_MAX_MM = 20.0
@@ -157,8 +158,7 @@ def robustness(
         raise InputError(f"seed must be an integer, got {seed!r}")
     thresholds = _thresholds(success_mm)
     opts = {name: _options(name, options) for name in names}  # every option checked before any work
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # made only when the results are written (a failed run leaves no empty folder)
 
     center = volume.center.to(torch.float64).cpu()
     motions = random_motions(n, max_rot, max_trans, int(seed))
@@ -171,46 +171,16 @@ def robustness(
     t_all = time.perf_counter()
     rows: dict[str, list[dict]] = {}
     traces: dict[str, list[list[dict]]] = {}
-    for name in names:
-        chunk = 1 if OPTIMIZERS[name].one_start_at_a_time else batch
-        rows[name], traces[name] = [], []
-        t_opt = time.perf_counter()
-        for i in range(0, n, chunk):
-            t0 = time.perf_counter()
-            results = register_batch(volume, xray, detector, starts[i:i + chunk], opts[name], reference_pose=pose)
-            per = (time.perf_counter() - t0) / len(results)
-            final = torch.stack([r.pose for r in results]).to(torch.float64)
-            final_mtre = evaluation.mtre(final, pose, points).tolist()
-            rot = evaluation.rotation_error_deg(final, pose).tolist()
-            trans = evaluation.translation_error_mm(final, pose, center).tolist()
-            for j, result in enumerate(results):
-                rows[name].append({
-                    "optimizer": name, "start": i + j, "start_mtre_mm": start_mtre[i + j],
-                    "final_mtre_mm": final_mtre[j], "start_rotation_deg": start_rot[i + j],
-                    "start_translation_mm": start_trans[i + j], "rotation_error_deg": rot[j],
-                    "translation_error_mm": trans[j], "initial_similarity": result.initial_similarity,
-                    "final_similarity": result.similarity, "converged": bool(result.converged),
-                    "stop_reason": result.stop_reason, "iterations": int(result.iterations), "seconds": per,
-                })
-                traces[name].append(result.trace)
-            if log is not None:
-                done = len(rows[name])
-                rate = np.mean([r["final_mtre_mm"] < thresholds[0] for r in rows[name]])
-                log(f"{name}: {done}/{n} starts, success (mTRE < {thresholds[0]:g} mm) {rate:.0%}, "
-                    f"{time.perf_counter() - t_opt:.1f} s")
+    with keep_rows_on_interrupt(out / "robustness.partial.csv", ROBUSTNESS_COLUMNS, lambda: _csv_rows(rows)):
+        _register_all(volume, xray, detector, pose, starts, names, opts, batch, points, center, thresholds,
+                      (start_mtre, start_rot, start_trans), rows, traces, log)
     seconds = time.perf_counter() - t_all
     summary = {name: _summary(rows[name], thresholds) for name in names}
 
+    out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "robustness.csv", out / "robustness.md"
     curves_path, mtre_path = out / "robustness_curves.png", out / "robustness_mtre.png"
-    digits = {"start_mtre_mm": 4, "final_mtre_mm": 4, "start_rotation_deg": 4, "start_translation_mm": 4,
-              "rotation_error_deg": 4, "translation_error_mm": 4, "initial_similarity": 6,
-              "final_similarity": 6, "seconds": 4}
-    csv_rows = []
-    for name in names:
-        for r in rows[name]:
-            csv_rows.append([round_cell(r[c], digits[c]) if c in digits else r[c] for c in ROBUSTNESS_COLUMNS])
-    write_csv(csv_path, ROBUSTNESS_COLUMNS, csv_rows)
+    write_csv(csv_path, ROBUSTNESS_COLUMNS, _csv_rows(rows))
 
     first = opts[names[0]]
     lines = [
@@ -267,3 +237,47 @@ def robustness(
         "summary": summary,
         "seconds": seconds,
     }
+
+
+def _register_all(volume, xray, detector, pose, starts, names, opts, batch, points, center, thresholds, start_errors,
+                  rows: dict, traces: dict, log) -> None:
+    """Register every start with every optimiser, appending to ``rows`` and ``traces`` as chunks finish."""
+    start_mtre, start_rot, start_trans = start_errors
+    n = len(starts)
+    for name in names:
+        chunk = 1 if OPTIMIZERS[name].one_start_at_a_time else batch
+        rows[name], traces[name] = [], []
+        t_opt = time.perf_counter()
+        for i in range(0, n, chunk):
+            t0 = time.perf_counter()
+            results = register_batch(volume, xray, detector, starts[i:i + chunk], opts[name], reference_pose=pose)
+            per = (time.perf_counter() - t0) / len(results)
+            final = torch.stack([r.pose for r in results]).to(torch.float64)
+            final_mtre = evaluation.mtre(final, pose, points).tolist()
+            rot = evaluation.rotation_error_deg(final, pose).tolist()
+            trans = evaluation.translation_error_mm(final, pose, center).tolist()
+            for j, result in enumerate(results):
+                rows[name].append({
+                    "optimizer": name, "start": i + j, "start_mtre_mm": start_mtre[i + j],
+                    "final_mtre_mm": final_mtre[j], "start_rotation_deg": start_rot[i + j],
+                    "start_translation_mm": start_trans[i + j], "rotation_error_deg": rot[j],
+                    "translation_error_mm": trans[j], "initial_similarity": result.initial_similarity,
+                    "final_similarity": result.similarity, "converged": bool(result.converged),
+                    "stop_reason": result.stop_reason, "iterations": int(result.iterations), "seconds": per,
+                })
+                traces[name].append(result.trace)
+            if log is not None:
+                done = len(rows[name])
+                rate = np.mean([r["final_mtre_mm"] < thresholds[0] for r in rows[name]])
+                log(f"{name}: {done}/{n} starts, success (mTRE < {thresholds[0]:g} mm) {rate:.0%}, "
+                    f"{time.perf_counter() - t_opt:.1f} s")
+
+_DIGITS = {"start_mtre_mm": 4, "final_mtre_mm": 4, "start_rotation_deg": 4, "start_translation_mm": 4,
+           "rotation_error_deg": 4, "translation_error_mm": 4, "initial_similarity": 6, "final_similarity": 6,
+           "seconds": 4}
+
+
+def _csv_rows(rows: dict[str, list[dict]]) -> list[list]:
+    """CSV cells (`ROBUSTNESS_COLUMNS`) of every finished row, optimisers in order."""
+    return [[round_cell(r[c], _DIGITS[c]) if c in _DIGITS else r[c] for c in ROBUSTNESS_COLUMNS]
+            for name_rows in rows.values() for r in name_rows]

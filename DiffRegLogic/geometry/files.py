@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
+from ..limits import (MAX_DETECTOR_PIXELS, MAX_DETECTOR_SIDE, MAX_PRINCIPAL_POINT_PX, PIXEL_SPACING_RANGE_MM,
+                      SDD_RANGE_MM, check_number)
 from .detector import Detector
 from .rigid import check_pose
 
@@ -27,16 +30,9 @@ GEOMETRY_KEYS = ("source_to_detector_mm", "rows", "cols", "pixel_spacing_mm")
 
 
 def _load_json(path: str | os.PathLike, what: str) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what} file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{what} file {path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    from ..validation.json_files import read_json_object
+
+    return read_json_object(path, what)
 
 
 def detector_from_dict(data: dict, source: str = "geometry") -> Detector:
@@ -49,11 +45,15 @@ def detector_from_dict(data: dict, source: str = "geometry") -> Detector:
             f"{', '.join(GEOMETRY_KEYS)} and optionally principal_point_px"
         )
     def number(key, value, positive=True) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InputError(f"{source}: {key} must be a number, got {value!r}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise InputError(f"{source}: {key} must be a finite number, got an integer of {len(str(value))} digits") from None
         if not math.isfinite(value) or (positive and value <= 0):
             raise InputError(f"{source}: {key} must be a finite {'positive ' if positive else ''}number, got {value!r}")
-        return float(value)
+        return value
 
     def pair(key, value, positive, meaning) -> tuple[float, float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "pixel_spacing_mm":
@@ -71,7 +71,21 @@ def detector_from_dict(data: dict, source: str = "geometry") -> Detector:
     pp = data.get("principal_point_px")
     if pp is not None:
         pp = pair("principal_point_px", pp, False, "[col_px, row_px]")
-    return Detector(rows=data["rows"], cols=data["cols"], sdd=sdd, pixel_spacing=spacing, principal_point=pp)
+    # the ranges, named by the file's keys (the Detector checks them again for the Python API)
+    check_number(f"{source}: source_to_detector_mm", sdd, *SDD_RANGE_MM, unit="mm")
+    for i, value in enumerate(spacing):
+        check_number(f"{source}: pixel_spacing_mm[{i}]", value, *PIXEL_SPACING_RANGE_MM, unit="mm")
+    for i, value in enumerate(pp or ()):
+        check_number(f"{source}: principal_point_px[{i}]", value, -MAX_PRINCIPAL_POINT_PX, MAX_PRINCIPAL_POINT_PX)
+    for key in ("rows", "cols"):
+        check_number(f"{source}: {key}", data[key], 1, MAX_DETECTOR_SIDE, integer=True)
+    if data["rows"] * data["cols"] > MAX_DETECTOR_PIXELS:
+        raise InputError(f"{source}: rows x cols = {data['rows'] * data['cols']} pixels; at most "
+                         f"{MAX_DETECTOR_PIXELS} ({int(MAX_DETECTOR_PIXELS ** 0.5)}^2) are supported")
+    try:  # the Detector checks the ranges (limits.py); the message then names the file too
+        return Detector(rows=data["rows"], cols=data["cols"], sdd=sdd, pixel_spacing=spacing, principal_point=pp)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
 
 
 def detector_to_dict(detector: Detector) -> dict:
@@ -92,8 +106,13 @@ def read_geometry(path: str | os.PathLike) -> Detector:
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write ``data`` as UTF-8 JSON; NaN and infinity are refused (they are not JSON: other readers choke on them)."""
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise InputError(f"cannot write {path}: a value is NaN or infinite ({exc})") from None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def pose_from_dict(data: dict, source: str = "pose") -> torch.Tensor:
@@ -102,7 +121,7 @@ def pose_from_dict(data: dict, source: str = "pose") -> torch.Tensor:
         raise InputError(f"{source} is missing 'camera_from_world' (a 4x4 matrix, mm, RAS world)")
     try:
         matrix = torch.tensor(data["camera_from_world"], dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise InputError(f"{source}: camera_from_world must be a 4x4 array of numbers ({exc})") from exc
     return check_pose(matrix, name=f"{source} camera_from_world")[0]
 
