@@ -29,7 +29,7 @@ import (`_compat`).
 Threads: torch and numba both run on OpenMP, whose idle threads by default
 spin for a while before they sleep; two DiffReg processes on the same cores
 then spend their time spinning against each other (two registrations at
-once on 2 cores: 30 s each instead of 3). Unless the environment says
+once on 2 cores: 5.2 s each instead of 1.4 s, docs/benchmarks.md). Unless the environment says
 otherwise, importing DiffReg before torch sets ``OMP_WAIT_POLICY=PASSIVE``
 (idle threads sleep at once); ``DIFFREG_THREADS=N`` (or
 `devices.set_threads`) caps the threads of the renderers and of torch.

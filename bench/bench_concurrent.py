@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICIES = {"OpenMP default (spin, then sleep)": "", "passive (DiffReg's default)": "PASSIVE"}
+POLICIES = {"OpenMP default (spin, then sleep)": {"OMP_WAIT_POLICY": ""},
+            "passive (DiffReg's default)": {"OMP_WAIT_POLICY": "PASSIVE"},
+            "short spin (GOMP_SPINCOUNT=10000)": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"}}
 
 
 def make_case(folder: Path, size: int) -> list[str]:
@@ -48,9 +50,9 @@ def make_case(folder: Path, size: int) -> list[str]:
             "--init", str(folder / "start.json"), "--quiet"]
 
 
-def run_together(args: list[str], jobs: int, policy: str, folder: Path) -> list[float]:
-    env = dict(os.environ, OMP_WAIT_POLICY=policy, PYTHONPATH=str(ROOT))
-    outs = [folder / f"r{policy or 'default'}{j}.json" for j in range(jobs)]
+def run_together(args: list[str], jobs: int, policy: dict, folder: Path) -> list[float]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **policy)
+    outs = [folder / f"r{j}.json" for j in range(jobs)]
     procs = [subprocess.Popen([sys.executable, "-m", "DiffRegLogic.cli", *args, "--out", str(out)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for out in outs]
     for p in procs:

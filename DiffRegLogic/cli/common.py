@@ -119,22 +119,31 @@ def progress_printer(quiet: bool):
 
 
 def loss_curve(result) -> np.ndarray:
-    """Best similarity per iteration, one series per level; for similarities bounded by 1, 1 - similarity on a log axis."""
+    """Best similarity per iteration, one series per level; for similarities bounded by 1, 1 - similarity on a log axis.
+
+    A log axis needs a positive value: when every 1 - similarity is 0 (a start
+    already at the optimum) the axis is linear instead, so the picture never
+    fails after the registration has run.
+    """
     from ..figures.plots import line_plot
 
     name = result.options.get("similarity", "similarity")
     bounded = name != "mi"
-    series = {}
-    offset = 0
-    for level in sorted({e["level"] for e in result.trace}):
+    levels = sorted({e["level"] for e in result.trace})
+    raw, offset = {}, 0
+    for level in levels:
         entries = [e for e in result.trace if e["level"] == level]
         values = [(1.0 - e["best_similarity"]) if bounded else e["best_similarity"] for e in entries]
-        if bounded:
-            values = [v if v > 0 else float("nan") for v in values]
-        series[f"level {level + 1}"] = ([offset + e["iteration"] for e in entries], values)
+        raw[f"level {level + 1}"] = ([offset + e["iteration"] for e in entries], values)
         offset += len(entries)
+    log_y = bounded and any(v > 0 for _, values in raw.values() for v in values)
+    series = {k: (x, [v if v > 0 else float("nan") for v in values]) if log_y else (x, values)
+              for k, (x, values) in raw.items()}
+    if not series:  # no iteration at all: one point at the final similarity
+        final = (1.0 - result.similarity) if bounded else result.similarity
+        series = {"final": ([0], [final])}
     return line_plot(series, title="registration: best similarity so far", xlabel="iteration",
-                     ylabel=f"1 - {name}" if bounded else name, log_y=bounded)
+                     ylabel=f"1 - {name}" if bounded else name, log_y=log_y)
 
 
 def pose_reports(estimates: Sequence[torch.Tensor], truth: torch.Tensor, volume: Volume,

@@ -29,10 +29,12 @@ _CHUNK_VOXELS = 1 << 21
 
 
 def check_values(array, name: str) -> None:
-    """Refuse NaN/infinite values and values beyond float32 in a numpy array as read, before any cast.
+    """Refuse complex, NaN/infinite values and values beyond float32 in a numpy array as read, before any cast.
 
     ``name`` starts the message (e.g. ``"ct.nii: the CT"``).
     """
+    if array.dtype.kind == "c":
+        raise InputError(f"{name} holds complex numbers ({array.dtype}); save the real values (HU for a CT)")
     if array.dtype.kind != "f" or array.size == 0:
         return
     finite = np.isfinite(array)

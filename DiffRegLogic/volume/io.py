@@ -228,8 +228,8 @@ def _check_text_header(path: Path) -> None:
         if not np.isfinite(values).all() or (spacing and values[0] <= 0) or np.abs(values).max() > 1e150 or \
                 (name == "space directions" and not np.linalg.norm(values) > 0):  # ITK: |v| > 1e154 -> 1 mm
             where = f" of axis {axis}" if axis is not None else ""
-            raise InputError(f"{path}: header field '{name}'{where} is {' '.join(texts).strip()}; "
-                             f"{'a spacing must be a positive number' if axis is not None else 'it must be finite'}: "
+            need = "a spacing must be a positive number below 1e150" if axis is not None else "it must be finite"
+            raise InputError(f"{path}: header field '{name}'{where} is {' '.join(texts).strip()}; {need}: "
                              "fix the file's header")
 
 

@@ -75,3 +75,19 @@ def test_torch_out_of_memory_is_an_out_of_memory_error(tmp_path, monkeypatch, ca
     monkeypatch.setattr(pose, "run", _raise(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
     assert main(ARGS + ["--out", str(tmp_path / "p.json")]) == app.EXIT_MEMORY
     assert capsys.readouterr().err.startswith("error: out of memory in 'diffreg pose' (CUDA out of memory.")
+
+
+def test_the_loss_curve_of_a_start_at_the_optimum_is_drawn_on_a_linear_axis():
+    """1 - similarity = 0 everywhere has no log axis; the curve must not fail after the registration ran."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from DiffRegLogic.cli.common import loss_curve
+
+    at_optimum = SimpleNamespace(options={"similarity": "zncc"}, similarity=1.0,
+                                 trace=[{"level": 0, "iteration": i, "best_similarity": 1.0} for i in range(3)])
+    no_trace = SimpleNamespace(options={"similarity": "zncc"}, similarity=0.9, trace=[])
+    for result in (at_optimum, no_trace):
+        picture = loss_curve(result)
+        assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.std() > 0

@@ -342,3 +342,11 @@ def test_dicom_series_folder_unchanged_after_refusal(tmp_path):
     with pytest.raises(InputError, match="cannot be read"):
         read_volume(folder)
     assert before == {p.name: _sha(p) for p in folder.glob("*.dcm")}
+
+
+def test_a_complex_ct_is_refused(tmp_path):
+    """Found by the fuzz suite: complex voxels were cast to their real part with only a numpy warning."""
+    path = tmp_path / "complex.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 4, 4), 100 + 1j, np.complex64)), str(path))
+    with pytest.raises(InputError, match="holds complex numbers"):
+        read_volume(path)
