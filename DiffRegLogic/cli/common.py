@@ -77,6 +77,13 @@ def beam_of(args):
     return Beam(spectrum, args.detector_response, args.signal)
 
 
+def thresholds_of(args):
+    """`MaterialThresholds` (air / soft tissue / bone, HU) from the physics flags."""
+    from ..physics.calibration import MaterialThresholds
+
+    return MaterialThresholds(args.air_max_hu, args.bone_min_hu, args.soft_width_hu)
+
+
 def parse_implants(specs: Sequence[str]) -> dict[int, str]:
     implants = {}
     for spec in specs:
@@ -91,15 +98,13 @@ def model(args, volume: Volume) -> tuple[Volume, str]:
     """(volume to render, ray tracer): the CT itself, or its materials for ``--renderer polychromatic``."""
     if args.renderer != POLYCHROMATIC:
         return volume, args.renderer
-    from ..physics.calibration import MaterialThresholds
     from ..physics.materials import MaterialVolume
 
     implants = parse_implants(args.implant)
     if implants and volume.labels is None:
         raise InputError("--implant needs a label map on the CT grid: give --labels (diffreg render takes one)")
-    thresholds = MaterialThresholds(args.air_max_hu, args.bone_min_hu, args.soft_width_hu)
-    model = MaterialVolume.from_volume(volume.to("cpu"), beam_of(args), hu_conversion(args), thresholds=thresholds,
-                                       implants=implants or None)
+    model = MaterialVolume.from_volume(volume.to("cpu"), beam_of(args), hu_conversion(args),
+                                       thresholds=thresholds_of(args), implants=implants or None)
     return model.to(volume.mu.device), args.tracer
 
 

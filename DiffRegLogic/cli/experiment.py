@@ -53,6 +53,9 @@ def check(args):
 
     if args.kind == "polychromatic" and args.xray is not None:
         raise InputError("the polychromatic experiment simulates its X-ray; drop --xray")
+    if args.implant:
+        raise InputError("--implant needs a label map (--labels), which the experiments do not take; "
+                         "diffreg render --labels takes one")
     check_number("--n", args.n, 1, 100_000, integer=True)
     check_number("--batch", args.batch, 1, MAX_STARTS, integer=True)
     check_number("--points", args.points, 2, 1001, integer=True)
@@ -114,7 +117,8 @@ def run(args, outputs=None) -> int:
     from dataclasses import replace
 
     from .. import experiments
-    from .common import DEFAULT_EXPERIMENT_BLUR_MM, device_of, DEFAULT_EXPERIMENT_PHOTONS, beam_of, hu_conversion, realism_of
+    from .common import (DEFAULT_EXPERIMENT_BLUR_MM, DEFAULT_EXPERIMENT_PHOTONS, beam_of, device_of, hu_conversion,
+                         realism_of, thresholds_of)
     from .app import imports_done
 
     imports_done()
@@ -138,7 +142,7 @@ def run(args, outputs=None) -> int:
                                                hu_to_mu=hu_conversion(args), n=args.n, max_rotation_deg=max_rot,
                                                max_translation_mm=max_trans, seed=args.seed,
                                                options=dict(common, optimizer=args.optimizers[0]),
-                                               batch=args.batch, ct_name=ct_name)
+                                               batch=args.batch, ct_name=ct_name, thresholds=thresholds_of(args))
         elif args.kind == "landscape":
             report = experiments.landscape(volume, image, detector, truth, out, similarities=tuple(args.similarities),
                                            renderer=tracer, rotation_range_deg=max_rot,

@@ -55,11 +55,13 @@ def polychromatic(
     batch: int = 20,
     ct_name: str = "built-in chest phantom",
     log: Log | None = print,
+    thresholds=None,
 ) -> dict:
     """Register a realistic simulated X-ray with a monochromatic and a polychromatic DRR model (the poster's claim).
 
     The X-ray is `drr.radiograph.simulate_radiograph` of the CT's materials
-    (`physics.materials.MaterialVolume.from_volume(volume, beam, hu_to_mu)`) at
+    (`physics.materials.MaterialVolume.from_volume(volume, beam, hu_to_mu, thresholds=thresholds)`, the
+    HU thresholds of air, soft tissue and bone a `MaterialThresholds`, default its defaults) at
     ``true_pose``, with the beam's polychromatic physics and ``realism``
     (default: 2e4 photons per unattenuated pixel and a 0.5 mm PSF; scatter
     and heel effect optional), as -log(I/I0). The two models are
@@ -87,7 +89,7 @@ def polychromatic(
     n, batch = _count(n, "n"), _count(batch, "batch")
     max_rot = _nonnegative(max_rotation_deg, "max_rotation_deg")
     max_trans = _nonnegative(max_translation_mm, "max_translation_mm")
-    materials = MaterialVolume.from_volume(volume, beam, hu_to_mu)
+    materials = MaterialVolume.from_volume(volume, beam, hu_to_mu, thresholds=thresholds)
     pose = _true_pose(true_pose)
     renderer = (options or {}).get("renderer", "siddon")
     with torch.no_grad():

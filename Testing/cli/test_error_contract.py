@@ -91,3 +91,17 @@ def test_the_loss_curve_of_a_start_at_the_optimum_is_drawn_on_a_linear_axis():
     for result in (at_optimum, no_trace):
         picture = loss_curve(result)
         assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.std() > 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--soft-width-hu", "-1"], "soft_width_hu must be >= 0 HU"),
+    (["--air-max-hu", "inf"], "air_max_hu must be a finite number"),
+    (["--implant", "1=titanium"], "--implant needs a label map"),
+])
+def test_the_polychromatic_experiment_uses_and_checks_the_material_flags(tmp_path, capsys, extra, message):
+    """Found by the probe: these flags were accepted and ignored by the polychromatic experiment."""
+    out = tmp_path / "poly"
+    assert main(["experiment", "polychromatic", "--out", str(out), "--n", "1", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
