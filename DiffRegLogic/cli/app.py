@@ -18,6 +18,8 @@ The error contract, for every command:
 * SIGINT (Ctrl-C) and SIGTERM end the command with one ``error:
   interrupted`` line, status 130 or 143, and no partial outputs
   (experiments keep the rows already finished and say where);
+* the file system refusing (a name too long, a full disk, no permission)
+  is one ``error: cannot use ...`` line, status 2;
 * anything else is a bug: one ``error: internal error ...`` line naming the
   command and asking for a report, status 1; ``--debug`` (or
   ``DIFFREG_DEBUG=1``) shows the traceback.
@@ -186,6 +188,10 @@ def _run(argv: Sequence[str] | None) -> int:
             return EXIT_INPUT
         except MemoryError as exc:
             return _out_of_memory(command, exc)
+        except OSError as exc:  # the file system refused (a name too long, disk full, no permission): not a bug
+            where = f" {exc.filename}" if exc.filename else ""
+            _error(f"cannot use{where}: {exc.strerror or exc}; check the path, the free space and the permissions")
+            return EXIT_INPUT
         except KeyboardInterrupt as exc:
             number = getattr(exc, "signal", signal.SIGINT)
             kept = getattr(exc, "kept", None)

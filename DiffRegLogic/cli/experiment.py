@@ -8,6 +8,13 @@ from pathlib import Path
 from ..errors import InputError
 from .options import PHANTOM, POLYCHROMATIC, add_engine_options, add_hu_options, add_physics_options, add_realism_options
 
+EXPERIMENT_FILES = {
+    "landscape": ("landscape.csv", "landscape.md", "landscape.png"),
+    "robustness": ("robustness.csv", "robustness.md", "robustness_curves.png", "robustness_mtre.png",
+                   "robustness.partial.csv"),
+    "polychromatic": ("polychromatic.csv", "polychromatic.md", "polychromatic.png", "polychromatic.partial.csv"),
+}
+"""What each experiment writes into its ``--out`` folder (checked against the inputs before any work)."""
 NEAR_STARTS = (10.0, 20.0)
 """Start range (deg, mm) of the polychromatic experiment: the model's accuracy, not the capture range."""
 WIDE_STARTS = (45.0, 60.0)
@@ -68,7 +75,7 @@ def check(args):
     for level in args.levels:
         check_number("--levels", level, 0.0, 1e6, low_open=True)
     outputs = Outputs([args.ct, args.xray, args.geometry, args.truth])
-    outputs.folder(args.out, "--out")
+    outputs.folder(args.out, "--out", EXPERIMENT_FILES[args.kind])
     return outputs
 
 

@@ -96,6 +96,7 @@ def configure() -> bool:
     user_set = numba.config.CACHE_DIR or os.environ.get("NUMBA_CACHE_DIR")
     if user_set and _writable(Path(user_set)):
         _chosen = str(user_set)
+        numba.config.CACHE_DIR = _chosen  # also when the variable was set after numba was imported
     elif _writable(_PACKAGE_CACHE):
         _chosen = str(_PACKAGE_CACHE)
     else:

@@ -36,11 +36,33 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system: not a file this command can read
+        return False
+
+
+def _format_suffix(path: Path) -> str:
+    """``.nii.gz`` or the last suffix of ``path``, in lower case."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
 def _existing_ancestor(path: Path) -> Path:
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     return parent
+
+
+@contextlib.contextmanager
+def _os_errors(option: str, path):
+    """An OSError while checking a path (a name too long, a loop of links, ...) as an `InputError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"{option} {path}: {exc.strerror or exc}; give another path") from None
 
 
 class Outputs:
@@ -52,7 +74,7 @@ class Outputs:
     """
 
     def __init__(self, inputs: Iterable[str | os.PathLike | None] = ()):
-        self.inputs = [Path(p) for p in inputs if p is not None and str(p) != "phantom" and Path(p).exists()]
+        self.inputs = [Path(p) for p in inputs if p is not None and str(p) != "phantom" and _exists(Path(p))]
         self.declared: list[tuple[Path, str]] = []
 
     # -- declaration (before any work) -----------------------------------------------------------------------
@@ -61,7 +83,10 @@ class Outputs:
         """Check that ``path`` (given as ``option``, e.g. ``--out``) can be written as a new or replaced file."""
         if path is None:
             return None
-        path = Path(path)
+        with _os_errors(option, path):
+            return self._file(Path(path), option)
+
+    def _file(self, path: Path, option: str) -> Path:
         if path.is_dir():
             raise InputError(f"{option} {path} is a folder; give a file name inside it")
         if str(path).endswith(("/", os.sep)) or path.name in ("", ".", ".."):
@@ -73,11 +98,14 @@ class Outputs:
 
     def folder(self, path: str | os.PathLike, option: str, names: Iterable[str] = ()) -> Path:
         """Check that folder ``path`` can be made (or exists) and that the files ``names`` in it can be written."""
-        path = Path(path)
+        with _os_errors(option, path):
+            return self._folder(Path(path), option, names)
+
+    def _folder(self, path: Path, option: str, names: Iterable[str]) -> Path:
         if path.exists() and not path.is_dir():
             raise InputError(f"{option} {path} is a file; give a folder (new or existing)")
         for item in self.inputs:
-            if same_file(item, path) and item.is_file():
+            if same_file(item, path):
                 raise InputError(f"{option} {path} is the input {item}; give a new folder")
         if path.exists():
             if not os.access(path, os.W_OK | os.X_OK):
@@ -85,6 +113,9 @@ class Outputs:
         else:
             self._writable_parent(path, option)
         for name in names:
+            if (path / name).is_dir():
+                raise InputError(f"{option} {path}: {name} in it is a folder; the command writes a file of that "
+                                 "name there: remove it or choose another folder")
             self._not_an_input(path / name, f"{option} ({name})")
         self.declared.append((path, option))
         return path
@@ -130,10 +161,15 @@ class _Stage:
         self.made: list[Path] = []
 
     def path(self, final: str | os.PathLike) -> Path:
-        """A hidden temporary path beside ``final`` with the same name ending (so format-by-suffix writers work)."""
+        """A short hidden temporary path beside ``final`` ending in its format suffix in lower case.
+
+        Writers that choose the format by the suffix (and numpy, which appends
+        ``.npy`` to any other ending) then write exactly this file, whatever
+        the case or the length of the final name.
+        """
         final = Path(final)
         self._make_parents(final.parent)
-        temporary = final.parent / f".{uuid.uuid4().hex[:10]}.partial.{final.name}"
+        temporary = final.parent / f".{uuid.uuid4().hex[:10]}.partial{_format_suffix(final)}"
         self.files.append((temporary, final))
         return temporary
 
@@ -152,9 +188,19 @@ class _Stage:
             self.made.append(item)
 
     def commit(self) -> None:
-        for temporary, final in self.files:
-            if temporary.exists():
+        """Move every temporary file into place; on any failure remove what is left and raise `InputError`."""
+        try:
+            for temporary, final in self.files:  # every file written, before any is moved
+                if not temporary.exists():
+                    raise RuntimeError(f"the writer of {final} wrote no file (expected {temporary.name})")
+            for temporary, final in self.files:
                 os.replace(temporary, final)
+        except OSError as exc:
+            self.discard()
+            raise InputError(f"cannot write {exc.filename or ''}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.discard()
+            raise
 
     def discard(self) -> None:
         for temporary, _ in self.files:

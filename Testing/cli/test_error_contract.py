@@ -105,3 +105,14 @@ def test_the_polychromatic_experiment_uses_and_checks_the_material_flags(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not out.exists()
+
+
+def test_a_name_too_long_for_the_file_system_is_a_clean_error(tmp_path, capsys):
+    """Found in review: ENAMETOOLONG from a path check was an internal error (status 1)."""
+    long_name = str(tmp_path / ("a" * 300 + ".json"))
+    assert main(ARGS + ["--out", long_name]) == 2
+    assert main(["render", "--ct", "phantom", "--geometry", long_name, "--pose", long_name,
+                 "--out", str(tmp_path / "d.npy")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") and "too long" in line for line in err), err
+    assert list(tmp_path.iterdir()) == []

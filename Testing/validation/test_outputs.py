@@ -64,7 +64,7 @@ def test_staged_writes_move_into_place_only_on_success(tmp_path):
     final = outputs.file(tmp_path / "a" / "b" / "r.nii.gz", "--out")
     with outputs.staged() as stage:
         temporary = stage.path(final)
-        assert temporary.parent == final.parent and temporary.name.endswith(".r.nii.gz")
+        assert temporary.parent == final.parent and temporary.name.endswith(".partial.nii.gz")
         temporary.write_bytes(b"result")
         assert not final.exists()
     assert final.read_bytes() == b"result"
@@ -89,3 +89,44 @@ def test_a_failed_block_leaves_nothing(tmp_path, error):
 def test_same_file():
     assert same_file("/tmp", "/tmp/.")
     assert not same_file("/tmp/a-missing", "/tmp/b-missing")
+
+
+@pytest.mark.parametrize("name", ["drr.NPY", "drr.MHA", "drr.Nii.Gz", "b" * 245 + ".nrrd"])
+def test_upper_case_and_long_names_are_written_exactly_once(tmp_path, name):
+    """Found in review: numpy appends .npy to other endings, ITK writes .mhd + .raw for .MHA, and the temporary
+    name must fit the file system's 255 bytes."""
+    import numpy as np
+
+    from DiffRegLogic.xray.files import write_image
+
+    outputs = Outputs()
+    final = outputs.file(tmp_path / name, "--out")
+    with outputs.staged() as stage:
+        write_image(stage.path(final), np.zeros((4, 5), np.float32))
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_writer_that_wrote_nothing_and_a_failed_move_leave_nothing(tmp_path):
+    outputs = Outputs()
+    with pytest.raises(RuntimeError, match="wrote no file"):
+        with outputs.staged() as stage:
+            stage.path(tmp_path / "a.json").write_text("a")
+            stage.path(tmp_path / "b.json")  # never written
+    (tmp_path / "c.json").mkdir()
+    with pytest.raises(InputError, match="cannot write"):
+        with outputs.staged() as stage:
+            stage.path(tmp_path / "c.json").write_text("c")  # the destination is a folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]
+
+
+def test_folder_outputs_check_their_file_names_and_folder_inputs(tmp_path, inputs):
+    ct, dicom = inputs
+    (tmp_path / "out" / "result.json").mkdir(parents=True)
+    with pytest.raises(InputError, match="result.json in it is a folder"):
+        Outputs().folder(tmp_path / "out", "--out", ["result.json"])
+    with pytest.raises(InputError, match="is the input"):
+        Outputs([dicom]).folder(dicom, "--out", ["landscape.csv"])
+    with pytest.raises(InputError, match=r"--out \(ct.nii.gz\) .* is the input"):
+        Outputs([ct]).folder(tmp_path, "--out", ["ct.nii.gz"])
+    with pytest.raises(InputError, match="File name too long"):
+        Outputs().file(tmp_path / ("a" * 300 + ".json"), "--out")
