@@ -5,6 +5,7 @@ Shared by Testing/volume, Testing/xray and Testing/geometry; nothing here calls 
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -59,3 +60,16 @@ def itk_lps_matrix(spacing, origin, direction_lps):
     m[:3, :3] = np.asarray(direction_lps).reshape(3, 3) @ np.diag(spacing)
     m[:3, 3] = origin
     return m
+
+
+def write_sitk(path, array, spacing):
+    """Write ``array`` (numpy, z-y-x) with ``spacing`` through SimpleITK to ``path`` (format by suffix); returns path."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def sha256(path) -> str:
+    """The file's SHA-256, to assert that a failed read or command left an input unchanged."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -18,8 +18,8 @@ from ..errors import InputError
 from ..geometry.detector import Detector
 from ..physics.materials import MaterialVolume
 from ..volume.ct import Volume
-from .backends import BACKENDS, DEFAULT_MAX_MEMORY_MB, check_render_options
-from .rendering import render
+from .backends import BACKENDS, DEFAULT_MAX_MEMORY_MB
+from .rendering import check_render_inputs, render
 
 
 class DRR(torch.nn.Module):
@@ -34,12 +34,7 @@ class DRR(torch.nn.Module):
     def __init__(self, volume: Volume, detector: Detector, renderer: str = "siddon", *, step_voxels: float = 1.0,
                  max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, backend: str = "auto") -> None:
         super().__init__()
-        if not isinstance(volume, Volume):
-            raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
-        if not isinstance(detector, Detector):
-            raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
-        step_voxels, max_memory_mb, _ = check_render_options(renderer, step_voxels, max_memory_mb, None,
-                                                             volume.shape_ijk)
+        step_voxels, max_memory_mb, _ = check_render_inputs(volume, detector, renderer, step_voxels, max_memory_mb)
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.detector = detector

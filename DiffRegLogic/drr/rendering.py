@@ -72,12 +72,8 @@ def render(
         (`DiffRegLogic.drr.polychromatic`), with ``renderer`` tracing the
         density channels.
     """
-    if not isinstance(volume, Volume):
-        raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
-    if not isinstance(detector, Detector):
-        raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
-    step_voxels, max_memory_mb, tile_rays = check_render_options(renderer, step_voxels, max_memory_mb, tile_rays,
-                                                                 volume.shape_ijk)
+    step_voxels, max_memory_mb, tile_rays = check_render_inputs(volume, detector, renderer, step_voxels,
+                                                                max_memory_mb, tile_rays)
     options = dict(step_voxels=step_voxels, max_memory_mb=max_memory_mb, tile_rays=tile_rays, backend=backend,
                    volume_dtype=volume_dtype)
     if isinstance(volume, MaterialVolume):
@@ -155,6 +151,17 @@ def _render_line_integrals(volume: Volume, detector: Detector, pose, renderer: s
         ) from exc
     out = torch.cat(tiles, dim=1) if len(tiles) > 1 else tiles[0]
     return out.reshape(n_poses, detector.rows, detector.cols, *out.shape[2:])
+
+
+def check_render_inputs(volume, detector, renderer: str, step_voxels: float, max_memory_mb: float,
+                        tile_rays: int | None = None) -> tuple[float, float, int | None]:
+    """The entry checks of `render` (and `DRR`): the types of ``volume`` and ``detector``, then
+    `check_render_options` on this CT; returns ``(step_voxels, max_memory_mb, tile_rays)`` normalised."""
+    if not isinstance(volume, Volume):
+        raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
+    if not isinstance(detector, Detector):
+        raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
+    return check_render_options(renderer, step_voxels, max_memory_mb, tile_rays, volume.shape_ijk)
 
 
 def _detector_requires_grad(detector: Detector) -> bool:

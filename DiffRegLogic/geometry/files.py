@@ -12,7 +12,6 @@ Readers raise `InputError` naming the file and the field that is wrong.
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import os
 from pathlib import Path
@@ -44,46 +43,29 @@ def detector_from_dict(data: dict, source: str = "geometry") -> Detector:
             f"{source} is missing {', '.join(repr(k) for k in missing)}; it needs "
             f"{', '.join(GEOMETRY_KEYS)} and optionally principal_point_px"
         )
-    def number(key, value, positive=True) -> float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InputError(f"{source}: {key} must be a number, got {value!r}")
-        try:
-            value = float(value)
-        except OverflowError:  # an integer beyond float range
-            raise InputError(f"{source}: {key} must be a finite number, got an integer of {len(str(value))} digits") from None
-        if not math.isfinite(value) or (positive and value <= 0):
-            raise InputError(f"{source}: {key} must be a finite {'positive ' if positive else ''}number, got {value!r}")
-        return value
-
-    def pair(key, value, positive, meaning) -> tuple[float, float]:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "pixel_spacing_mm":
+    def pair(key, value, meaning, low, high, unit) -> tuple[float, float]:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and key == "pixel_spacing_mm":
             value = [value, value]
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise InputError(f"{source}: {key} must be {meaning}, got {value!r}")
-        return number(f"{key}[0]", value[0], positive), number(f"{key}[1]", value[1], positive)
+        return tuple(check_number(f"{source}: {key}[{i}]", v, low, high, unit=unit) for i, v in enumerate(value))
 
-    for key in ("rows", "cols"):
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{source}: {key} must be a positive integer number of pixels, got {value!r}")
-    sdd = number("source_to_detector_mm", data["source_to_detector_mm"])
-    spacing = pair("pixel_spacing_mm", data["pixel_spacing_mm"], True, "[row_mm, col_mm]")
+    for key in ("rows", "cols"):  # a count of pixels: 256.0 is a sign of a wrong file, not a number to round
+        if isinstance(data[key], bool) or not isinstance(data[key], numbers.Integral) or data[key] < 1:
+            raise InputError(f"{source}: {key} must be a positive integer number of pixels, got {data[key]!r}")
+    # the ranges of limits.py, named by the file's keys (the Detector checks them again for the Python API)
+    rows, cols = (check_number(f"{source}: {key}", data[key], 1, MAX_DETECTOR_SIDE, integer=True)
+                  for key in ("rows", "cols"))
+    if rows * cols > MAX_DETECTOR_PIXELS:
+        raise InputError(f"{source}: rows x cols = {rows * cols} pixels; at most "
+                         f"{MAX_DETECTOR_PIXELS} ({int(MAX_DETECTOR_PIXELS ** 0.5)}^2) are supported")
+    sdd = check_number(f"{source}: source_to_detector_mm", data["source_to_detector_mm"], *SDD_RANGE_MM, unit="mm")
+    spacing = pair("pixel_spacing_mm", data["pixel_spacing_mm"], "[row_mm, col_mm]", *PIXEL_SPACING_RANGE_MM, "mm")
     pp = data.get("principal_point_px")
     if pp is not None:
-        pp = pair("principal_point_px", pp, False, "[col_px, row_px]")
-    # the ranges, named by the file's keys (the Detector checks them again for the Python API)
-    check_number(f"{source}: source_to_detector_mm", sdd, *SDD_RANGE_MM, unit="mm")
-    for i, value in enumerate(spacing):
-        check_number(f"{source}: pixel_spacing_mm[{i}]", value, *PIXEL_SPACING_RANGE_MM, unit="mm")
-    for i, value in enumerate(pp or ()):
-        check_number(f"{source}: principal_point_px[{i}]", value, -MAX_PRINCIPAL_POINT_PX, MAX_PRINCIPAL_POINT_PX)
-    for key in ("rows", "cols"):
-        check_number(f"{source}: {key}", data[key], 1, MAX_DETECTOR_SIDE, integer=True)
-    if data["rows"] * data["cols"] > MAX_DETECTOR_PIXELS:
-        raise InputError(f"{source}: rows x cols = {data['rows'] * data['cols']} pixels; at most "
-                         f"{MAX_DETECTOR_PIXELS} ({int(MAX_DETECTOR_PIXELS ** 0.5)}^2) are supported")
+        pp = pair("principal_point_px", pp, "[col_px, row_px]", -MAX_PRINCIPAL_POINT_PX, MAX_PRINCIPAL_POINT_PX, "")
     try:  # the Detector checks the ranges (limits.py); the message then names the file too
-        return Detector(rows=data["rows"], cols=data["cols"], sdd=sdd, pixel_spacing=spacing, principal_point=pp)
+        return Detector(rows=rows, cols=cols, sdd=sdd, pixel_spacing=spacing, principal_point=pp)
     except InputError as exc:
         raise InputError(f"{source}: {exc}") from None
 

@@ -9,7 +9,6 @@ unchanged input file (sha256).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 import warnings
 import shutil
@@ -24,6 +23,7 @@ from DiffRegLogic.errors import InputError
 from DiffRegLogic.limits import MAX_VOLUME_VOXELS
 from DiffRegLogic.volume import HUToMu, Volume, downsample_cached
 from DiffRegLogic.volume.io import read_ct_array, read_volume
+from file_references import sha256, write_sitk
 
 SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".mha"]
 SHAPE = (6, 7, 8)  # K, J, I
@@ -34,14 +34,10 @@ def _hu(dtype=np.float32):
 
 
 def _write(path, array, spacing=(0.8, 0.9, 2.0)):
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    sitk.WriteImage(image, str(path))
-    return path
+    return write_sitk(path, array, spacing)
 
 
-def _sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+_sha = sha256
 
 
 def _refused(capfd, path, match, read=read_volume):

@@ -7,14 +7,12 @@ nothing printed on stderr and an unchanged input file (sha256).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 from PIL import Image
 
@@ -23,6 +21,7 @@ from DiffRegLogic.geometry import Detector
 from DiffRegLogic.xray import XRay, check_xray, crop_xray, detect_collimation, flip_detector
 from DiffRegLogic.xray.readers import read_xray, xray_from_array
 from references import DX, write_dicom
+from file_references import sha256, write_sitk
 
 SITK = [".nii", ".nii.gz", ".nrrd", ".mha"]
 
@@ -32,14 +31,10 @@ def _image(dtype=np.float32):
 
 
 def _sitk_file(path, array, spacing=(0.3, 0.3)):
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    sitk.WriteImage(image, str(path))
-    return path
+    return write_sitk(path, array, spacing)
 
 
-def _sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+_sha = sha256
 
 
 def _refused(capfd, path, match, **kwargs):
