@@ -1,4 +1,9 @@
-"""``diffreg experiment landscape|robustness|polychromatic``: the seed paper's experiments as CSV, Markdown, PNG."""
+"""``diffreg experiment landscape|robustness|polychromatic|realism``: the experiments as CSV, Markdown, PNG.
+
+``realism`` registers simulated X-rays with documented degradations
+(``--presets``, `DiffRegLogic.physics.xray_simulation.PRESETS`) per
+registration variant (``--variants``, `DiffRegLogic.experiments.REALISM_VARIANTS`).
+"""
 
 from __future__ import annotations
 
@@ -13,18 +18,31 @@ EXPERIMENT_FILES = {
     "robustness": ("robustness.csv", "robustness.md", "robustness_curves.png", "robustness_mtre.png",
                    "robustness.partial.csv"),
     "polychromatic": ("polychromatic.csv", "polychromatic.md", "polychromatic.png", "polychromatic.partial.csv"),
+    "realism": ("realism.csv", "realism.md", "realism.png", "realism.partial.csv"),
 }
 """What each experiment writes into its ``--out`` folder (checked against the inputs before any work)."""
 NEAR_STARTS = (10.0, 20.0)
-"""Start range (deg, mm) of the polychromatic experiment: the model's accuracy, not the capture range."""
+"""Start range (deg, mm) of the polychromatic and realism experiments: the model's accuracy, not the capture range."""
+DEFAULT_STARTS = {"robustness": 100, "polychromatic": 100, "realism": 10}
+"""Random starts per experiment when ``--n`` is not given."""
+CONVENTION_MODES = ("known", "detect")
+"""``--convention`` of the realism experiment (`DiffRegLogic.experiments.realism_study.CONVENTION_MODES`)."""
+REALISM_FLAGS = (("noise_photons", None), ("blur_mm", None), ("scatter_fraction", 0.0), ("scatter_sigma_mm", 40.0),
+                 ("heel", 0.0), ("noise_seed", 0))
+"""Realism flags (and their defaults) the realism experiment refuses: its presets say the degradations."""
 WIDE_STARTS = (45.0, 60.0)
 """Start range (deg, mm) of the robustness experiment and the landscape's axes (the seed paper's)."""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="the seed paper's experiments: similarity landscape, robustness to the start")
-    p.add_argument("kind", choices=["landscape", "robustness", "polychromatic"],
-                   help="polychromatic: a realistic simulated X-ray registered with mono- and polychromatic DRRs")
+    from ..experiments import REALISM_VARIANTS
+    from ..physics import REALISM_PRESETS
+
+    p.add_argument("kind", choices=["landscape", "robustness", "polychromatic", "realism"],
+                   help="polychromatic: a realistic simulated X-ray registered with mono- and polychromatic DRRs; "
+                        "realism: X-rays with scatter, noise, instruments, truncation, processing... (--presets) "
+                        "registered per variant (--variants)")
     p.add_argument("--out", required=True, help="output folder (CSV, Markdown, PNG)")
     p.add_argument("--ct", default=PHANTOM, help="CT file or 'phantom' (default)")
     p.add_argument("--xray", default=None, help="X-ray (default: a DRR of the CT at the true pose)")
@@ -32,7 +50,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--truth", default=None, help="true pose JSON (default: the demo's target pose)")
     p.add_argument("--similarities", nargs="+", default=["zncc"], help="similarities (robustness uses the first)")
     p.add_argument("--optimizers", nargs="+", default=["adam", "gddm", "gdm", "gd"], help="robustness: optimisers")
-    p.add_argument("--n", type=int, default=100, help="robustness: random starts (default 100)")
+    p.add_argument("--n", type=int, default=None,
+                   help="random starts (default 100; realism: 10 per preset and variant)")
     p.add_argument("--max-rot", type=float, default=None,
                    help=f"range of the rotation offsets, deg (default {WIDE_STARTS[0]:g}; polychromatic: "
                         f"{NEAR_STARTS[0]:g})")
@@ -44,7 +63,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="robustness: pyramid levels (default 8 4 2: the full-size level is left out for speed)")
     p.add_argument("--iterations", type=int, default=150, help="robustness: iteration cap per level")
     p.add_argument("--batch", type=int, default=25, help="robustness: starts registered together (default 25)")
-    p.add_argument("--seed", type=int, default=0, help="robustness: seed of the starts (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the starts (default 0); realism: also of the instruments and the noise")
+    g = p.add_argument_group("realism experiment")
+    g.add_argument("--presets", nargs="+", default=list(REALISM_PRESETS), metavar="PRESET",
+                   help=f"degradations, each a simulated X-ray (default: all): {', '.join(REALISM_PRESETS)}")
+    g.add_argument("--variants", nargs="+", default=["zncc"], metavar="VARIANT",
+                   help=f"registration variants (default: zncc): {', '.join(REALISM_VARIANTS)}")
+    g.add_argument("--convention", choices=CONVENTION_MODES, default="known",
+                   help="turn the stored image into a line integral from its known convention (default) or detect it")
+    g.add_argument("--detector-pixels", type=int, default=None,
+                   help="realism: resample the detector to this many pixels along its longer side (same field)")
     add_engine_options(p)
     add_physics_options(p)
     add_hu_options(p)
@@ -58,12 +87,16 @@ def check(args):
     from ..limits import MAX_ITERATIONS, MAX_STARTS, MAX_TRANSLATION_MM, SEED_RANGE, check_number
     from ..validation.outputs import Outputs
 
-    if args.kind == "polychromatic" and args.xray is not None:
-        raise InputError("the polychromatic experiment simulates its X-ray; drop --xray")
+    if args.kind in ("polychromatic", "realism") and args.xray is not None:
+        raise InputError(f"the {args.kind} experiment simulates its X-ray; drop --xray")
+    if args.kind == "realism":
+        _check_realism(args)
+    elif args.detector_pixels is not None:
+        raise InputError("--detector-pixels is for the realism experiment; give a --geometry of that size instead")
     if args.implant:
         raise InputError("--implant needs a label map (--labels), which the experiments do not take; "
                          "diffreg render --labels takes one")
-    check_number("--n", args.n, 1, 100_000, integer=True)
+    check_number("--n", n_starts(args), 1, 100_000, integer=True)
     check_number("--batch", args.batch, 1, MAX_STARTS, integer=True)
     check_number("--points", args.points, 2, 1001, integer=True)
     check_number("--iterations", args.iterations, 1, MAX_ITERATIONS, integer=True)
@@ -79,12 +112,41 @@ def check(args):
     return outputs
 
 
+def _check_realism(args) -> None:
+    """The realism experiment's own arguments (torch-free): names, a monochromatic model, no realism flags."""
+    from ..experiments import REALISM_VARIANTS
+    from ..limits import MAX_DETECTOR_SIDE, check_number
+    from ..physics import REALISM_PRESETS
+
+    for option, names, table in (("--presets", args.presets, REALISM_PRESETS),
+                                 ("--variants", args.variants, tuple(REALISM_VARIANTS))):
+        for name in names:
+            if name not in table:
+                raise InputError(f"unknown {option[2:-1]} {name!r} ({option}); choose from {', '.join(table)}")
+        if len(set(names)) != len(names):
+            raise InputError(f"{option} lists a name twice: {' '.join(names)}")
+    if args.renderer == POLYCHROMATIC:
+        raise InputError("the realism experiment's model is monochromatic (its polychromatic preset simulates the "
+                         "X-ray side); use --renderer siddon or trilinear")
+    for name, default in REALISM_FLAGS:
+        if getattr(args, name) != default:
+            raise InputError(f"the realism experiment takes its degradations from --presets; drop "
+                             f"--{name.replace('_', '-')}")
+    if args.detector_pixels is not None:
+        check_number("--detector-pixels", args.detector_pixels, 4, MAX_DETECTOR_SIDE, integer=True)
+
+
+def n_starts(args) -> int:
+    """``--n``, else the experiment's default (`DEFAULT_STARTS`); the namespace is not changed."""
+    return DEFAULT_STARTS.get(args.kind, 100) if args.n is None else args.n
+
+
 def start_range(args) -> tuple[float, float]:
     """(max rotation deg, max translation mm) of the starts: the user's, else the experiment's default.
 
     Computed, not written back into ``args``: the namespace the user passed stays as given.
     """
-    near = args.kind == "polychromatic"
+    near = args.kind in ("polychromatic", "realism")
     rot, trans = NEAR_STARTS if near else WIDE_STARTS
     return (rot if args.max_rot is None else args.max_rot, trans if args.max_trans is None else args.max_trans)
 
@@ -99,19 +161,26 @@ def _case(args, device):
     from .common import dtype_of, hu_conversion, load_ct, model
 
     volume = load_ct(args.ct, hu_conversion(args), dtype_of(args.dtype)).to(device)
-    if args.kind != "polychromatic":
+    simulated = args.kind in ("polychromatic", "realism")
+    if not simulated:
         volume, _ = model(args, volume)
     center = volume.center.to(torch.float64).cpu()
     detector = read_geometry(args.geometry) if args.geometry is not None else demo_detector()
+    if args.kind == "realism" and args.detector_pixels is not None:
+        factor = max(detector.rows, detector.cols) / args.detector_pixels
+        if factor < 1:
+            raise InputError(f"--detector-pixels {args.detector_pixels} is more than the detector's "
+                             f"{max(detector.rows, detector.cols)} pixels; it only resamples to fewer")
+        detector = detector.downsample(factor)
     truth = read_pose(args.truth).reshape(4, 4) if args.truth is not None else demo_poses(center)[0]
-    if args.xray is not None and args.kind != "polychromatic":
+    if args.xray is not None and not simulated:
         from ..xray.image import check_xray
         from ..xray.readers import read_xray
 
         image = read_xray(args.xray).image
         check_xray(image, detector)
         image = image.to(device=device, dtype=volume.mu.dtype)
-    elif args.kind == "polychromatic":
+    elif simulated:
         image = None  # the experiment simulates its own X-ray
     else:
         with torch.no_grad():
@@ -140,13 +209,18 @@ def run(args, outputs=None) -> int:
                   max_iterations=args.iterations, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb)
     with outputs.staged() as stage:  # the folder is removed again if the experiment fails before writing to it
         stage.folder(out)
-        if args.kind == "polychromatic":
+        if args.kind == "realism":
+            report = experiments.realism(volume, detector, truth, out, presets=tuple(args.presets),
+                                         variants=tuple(args.variants), n=n_starts(args), max_rotation_deg=max_rot,
+                                         max_translation_mm=max_trans, seed=args.seed, options=common,
+                                         convention=args.convention, hu_to_mu=hu_conversion(args), ct_name=ct_name)
+        elif args.kind == "polychromatic":
             realism = realism_of(args)
             if args.noise_photons is None:
                 blur = DEFAULT_EXPERIMENT_BLUR_MM if args.blur_mm is None else args.blur_mm
                 realism = replace(realism, photons_per_pixel=DEFAULT_EXPERIMENT_PHOTONS, blur_mm=blur)
             report = experiments.polychromatic(volume, detector, truth, out, beam=beam_of(args), realism=realism,
-                                               hu_to_mu=hu_conversion(args), n=args.n, max_rotation_deg=max_rot,
+                                               hu_to_mu=hu_conversion(args), n=n_starts(args), max_rotation_deg=max_rot,
                                                max_translation_mm=max_trans, seed=args.seed,
                                                options=dict(common, optimizer=args.optimizers[0]),
                                                batch=args.batch, ct_name=ct_name, thresholds=thresholds_of(args))
@@ -156,7 +230,7 @@ def run(args, outputs=None) -> int:
                                            translation_range_mm=max_trans, n_points=args.points)
         else:
             report = experiments.robustness(volume, image, detector, truth, out, optimizers=tuple(args.optimizers),
-                                            n=args.n, max_rotation_deg=max_rot, max_translation_mm=max_trans,
+                                            n=n_starts(args), max_rotation_deg=max_rot, max_translation_mm=max_trans,
                                             seed=args.seed, options=common, batch=args.batch, ct_name=ct_name)
     written = sorted(str(v) for v in _paths(report))
     print("wrote " + ", ".join(written))

@@ -9,6 +9,10 @@
 * `polychromatic`: a realistic simulated X-ray (polychromatic physics,
   scatter, heel, noise, blur) registered with a monochromatic and a
   polychromatic DRR model from the same starts (the seed poster's claim).
+* `realism`: registration against realistic simulated X-rays (scatter,
+  noise, blur, heel, instruments, truncation, processing, collimation,
+  polychromatic physics; `physics.xray_simulation.PRESETS`), per
+  registration variant (`VARIANTS`).
 * `demo`: the scenario of ``diffreg demo`` (detector, target and start pose).
 
 Poses are camera_from_world (4, 4) (README, "Geometry"); a motion row is
@@ -21,11 +25,28 @@ pictures.
 
 from .._lazy import lazy_exports
 
+REALISM_VARIANTS: dict[str, dict] = {
+    "zncc": {},
+    "footprint": {"footprint_mask": True},
+    "matched": {"model": "matched"},
+    "real": {"robust": "tukey", "footprint_mask": True, "model": "matched"},
+    "real_scatter": {"robust": "tukey", "footprint_mask": True, "nuisance": "scatter", "model": "matched"},
+    "robust": {"robust": "tukey", "footprint_mask": True},
+    "scatter": {"nuisance": "scatter"},
+    "robust_scatter": {"robust": "tukey", "footprint_mask": True, "nuisance": "scatter"},
+    "wide": {"search": "wide"},
+    "gradient_ncc": {"similarity": "gradient_ncc"},
+    "patch_zncc": {"similarity": "patch_zncc"},
+}
+"""Built-in registration variants of `realism` (torch-free, for the command line): name -> `make_options`
+settings applied on top of the experiment's options."""
+
 __getattr__, __dir__ = lazy_exports(__name__, {
     ".landscape_study": "landscape AXES RENDER_BATCH",
     ".robustness_study": "robustness ROBUSTNESS_COLUMNS MTRE_CURVE_MAX_MM",
     ".polychromatic_study": "polychromatic POLY_COLUMNS",
+    ".realism_study": "realism VARIANTS REALISM_COLUMNS CONVENTION_MODES as_line_integral",
     ".common": "PLOT_SIZE N_TARGET_POINTS",
     ".demo": "DEMO_DETECTOR DEMO_SOURCE_TO_ISOCENTER_MM DEMO_TARGET_DEG DEMO_PERTURBATION demo_detector demo_poses",
 })
-__all__ = sorted(__getattr__.table)
+__all__ = sorted(__getattr__.table) + ["REALISM_VARIANTS"]
