@@ -114,9 +114,13 @@ def xray_from_node(node, intensity: str = "auto", file_for_instance: Callable[[s
     """Engine `XRay` from a single-slice volume node (the node is only read).
 
     With ``intensity="auto"`` a DICOM-loaded node follows its file's tags (see
-    `DiffRegLogic.xray.read_xray`); any other node is taken as a line integral
-    (bone bright). ``"intensity"`` converts raw detector intensity with
-    -log(I / I0).
+    `DiffRegLogic.xray.read_xray`); where nothing states the convention the
+    values are kept with ``meta["intensity_source"] = "default"``, and the
+    registration detects it against a DRR at the start
+    (`DiffRegLogic.xray.convention.resolve_at_pose`). ``"intensity"``
+    converts raw detector intensity with -log(I / I0); ``"inverted"`` and
+    ``"inverted_intensity"`` are the bone-dark log and bone-bright raw
+    conventions.
     """
     array = _xray_array(node)
     path = dicom_file_of(node, file_for_instance)
@@ -125,8 +129,8 @@ def xray_from_node(node, intensity: str = "auto", file_for_instance: Callable[[s
         if xr.shape == array.shape:
             return xr
     spacing_x, spacing_y, _ = node.GetSpacing()
-    return xray_from_array(array, intensity="line_integral" if intensity == "auto" else intensity,
-                           pixel_spacing=(float(spacing_y), float(spacing_x)), name=f"X-ray '{node.GetName()}'")
+    return xray_from_array(array, intensity=intensity, pixel_spacing=(float(spacing_y), float(spacing_x)),
+                           name=f"X-ray '{node.GetName()}'")
 
 
 def write_volume_array(node, array: np.ndarray, ijk_to_ras_matrix: np.ndarray) -> None:

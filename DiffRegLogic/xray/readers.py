@@ -69,8 +69,17 @@ def read_xray(path: str | os.PathLike, *, intensity: str = "auto", frame: int = 
               bone bright and these formats carry no tag to tell. Give
               ``"intensity"`` for a raw detector image.
 
+            * ``"inverted"`` (log, bone dark: reflected about the open
+              field) and ``"inverted_intensity"`` (raw intensity shown
+              inverted, bone bright: un-inverted, then -log), see
+              `DiffRegLogic.xray.intensity`.
+
             For DICOM the explicit names describe the values after the
-            modality LUT and override every tag.
+            modality LUT and override every tag. ``meta["intensity_source"]``
+            records who decided: ``"user"`` (an explicit name), ``"tags"``
+            (DICOM intensity tags) or ``"default"`` (``"auto"`` and nothing
+            told: values kept; `DiffRegLogic.xray.convention.resolve_convention`
+            may then detect the convention from the image and a DRR).
         frame: frame of a multi-frame DICOM or page of a multi-page TIFF (0-based).
         flip_rows, flip_cols: mirror the image up-down / left-right, for
             files stored as a mirrored fluoroscopy display shows them.
@@ -165,9 +174,11 @@ def xray_from_array(image, *, intensity: str = "line_integral", pixel_spacing: t
 
     Args:
         image: (H, W) real numbers, row 0 = detector row 0.
-        intensity: ``"line_integral"`` (bone bright, kept) or ``"intensity"``
+        intensity: ``"line_integral"`` (bone bright, kept), ``"intensity"``
             (raw detector intensity, converted to -log(I / I0) as in
-            `read_xray`); ``"auto"`` means ``"line_integral"`` (no tags to tell).
+            `read_xray`), ``"inverted"`` or ``"inverted_intensity"``;
+            ``"auto"`` keeps the values (no tags to tell) with
+            ``meta["intensity_source"] = "default"``.
         pixel_spacing: (row mm, column mm) when known.
         name: what to call the image in error messages.
         crop: as in `read_xray`.
