@@ -9,6 +9,7 @@ Modules:
 * `rendering`: `render`, the public call (tiling, memory budget, polychromatic volumes);
 * `backends`: the ``(renderer, backend) -> integrator`` table, backend choice;
 * `rays`: rays of detector pixels in index space, clipped to the volume box;
+* `footprint`: the pixels whose rays cross the CT's box at a pose (a mask for truncated CTs);
 * `siddon`, `trilinear`: the pure-PyTorch reference renderers;
 * `fused_cpu`: the numba kernels (CPU) with analytic backward;
 * `numba_cache`: where they are cached (a per-user folder when the install is read-only);
@@ -26,6 +27,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".backends": "RENDERERS BACKENDS FUSED_BACKENDS DEFAULT_MAX_MEMORY_MB TILE_MB Integrator INTEGRATORS integrator "
                  "resolve_backend ray_dtype_for bytes_per_ray rays_per_tile",
     ".rays": "RayBundle pixel_rays clip_to_box detector_pixels",
+    ".footprint": "footprint_mask masked_by_footprint",
     ".jacobian": "render_with_jacobian",
     ".module": "DRR",
     ".radiograph": "simulate_radiograph",

@@ -45,7 +45,9 @@ Modules: `inputs` (checks, broadcasting, regularised variances), `ncc`
 `structural` (SSIM, CSS), `information` (mutual information),
 `squared_error` (MSE), `metrics`
 (`image_metrics` for reports), `registry` (the name tables), `measure` (the
-plug point: `Measure`, `as_measure`).
+plug point: `Measure`, `as_measure`), `robust` (Tukey weights against
+outliers; `configure_measure`, the measure a registration uses), `nuisance`
+(scatter and heel fitted at every evaluation).
 """
 
 from .._lazy import lazy_exports
@@ -61,6 +63,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".metrics": "image_metrics",
     ".registry": "SIMILARITIES RESIDUALS get_similarity get_residual",
     ".measure": "Measure as_measure BUILTIN_DTYPE",
+    ".robust": "TUKEY_C MAD_TO_SIGMA configure_measure robust_weights affine_fit",
+    ".nuisance": "fit_scatter_model apply_scatter_model",
     "..filters": "gaussian_blur",
 })
 __all__ = sorted(__getattr__.table)
