@@ -52,7 +52,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".geometry": "Detector",
     ".volume": "Volume HUToMu",
     ".errors": "InputError",
-    ".registration": "register register_batch RegistrationOptions make_options",
+    ".registration": "register register_batch register_views View RegistrationOptions make_options",
     ".similarity": "Measure",
     ".xray": "XRay read_xray",
 })

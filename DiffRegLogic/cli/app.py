@@ -1,9 +1,10 @@
 """The ``diffreg`` entry point: the parser (one module per command) and the error contract.
 
     diffreg demo     --out DIR                    # the main job on the built-in phantom
-    diffreg register --ct CT --xray X --geometry G.json --init P.json --out R.json
+    diffreg register --ct CT --xray X --geometry G.json --init P.json --out R.json [--search wide]
+                     [--xray X2 --geometry G2.json --init P2.json]   # a second view
     diffreg render   --ct CT --geometry G.json --pose P.json --out OUT
-    diffreg experiment landscape|robustness|polychromatic --out DIR [--n 100 --max-rot 45 --max-trans 60]
+    diffreg experiment landscape|robustness|polychromatic|realism --out DIR [--n N --max-rot 45 --max-trans 60]
     diffreg pose     --ct CT --clinical PRIMARY SECONDARY --source-to-isocenter 600 --out P.json
 
 The error contract, for every command:

@@ -35,7 +35,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
 
 def add_registration_options(p: argparse.ArgumentParser) -> None:
     from ..registration.optimizers import OPTIMIZERS
-    from ..registration.options import PARAMETERIZATIONS, RegistrationOptions
+    from ..registration.options import NUISANCES, PARAMETERIZATIONS, ROBUST_WEIGHTS, SEARCHES, RegistrationOptions
     from ..similarity.registry import SIMILARITIES
 
     d = RegistrationOptions()
@@ -49,6 +49,25 @@ def add_registration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-starts", type=int, default=d.n_starts, help="random starts around the initial pose (default 1)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the random starts (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    g = p.add_argument_group("global search and robustness")
+    g.add_argument("--search", choices=list(SEARCHES), default=d.search,
+                   help="wide: score many candidate poses within --search-rot / --search-trans of the start on the "
+                        "coarsest level and refine the best (for uncertain starts); default: %(default)s")
+    g.add_argument("--search-rot", type=float, default=d.search_rotation_deg,
+                   help="wide search range, deg about each axis (default %(default)s)")
+    g.add_argument("--search-trans", type=float, default=d.search_translation_mm,
+                   help="wide search range, mm along each axis (default %(default)s)")
+    g.add_argument("--search-candidates", type=int, default=d.search_candidates,
+                   help="candidate poses of the wide search (default %(default)s)")
+    g.add_argument("--search-keep", type=int, default=d.search_keep,
+                   help="best candidates refined by the local optimiser (default %(default)s)")
+    g.add_argument("--robust", choices=list(ROBUST_WEIGHTS), default=d.robust,
+                   help="outlier rejection: weight pixels by their residual (tukey) so instruments and anatomy the "
+                        "CT lacks do not pull the pose; default: %(default)s")
+    g.add_argument("--footprint-mask", action=argparse.BooleanOptionalAction, default=d.footprint_mask,
+                   help="compare only pixels whose rays cross the CT (a CT shorter than the X-ray's field)")
+    g.add_argument("--nuisance", choices=list(NUISANCES), default=d.nuisance,
+                   help="low-frequency intensity terms fitted with the pose (scatter); default: %(default)s")
 
 
 def add_hu_options(p: argparse.ArgumentParser) -> None:
@@ -101,4 +120,7 @@ def registration_options(args):
         renderer=args.tracer if args.renderer == POLYCHROMATIC else args.renderer,
         parameterization=args.parameterization, levels=tuple(args.levels), max_iterations=args.iterations,
         n_starts=args.n_starts, seed=args.seed, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb,
+        search=args.search, search_rotation_deg=args.search_rot, search_translation_mm=args.search_trans,
+        search_candidates=args.search_candidates, search_keep=args.search_keep, robust=args.robust,
+        footprint_mask=args.footprint_mask, nuisance=args.nuisance,
     )

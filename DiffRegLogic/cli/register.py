@@ -1,4 +1,18 @@
-"""``diffreg register``: register a CT to an X-ray; write the pose and the result as JSON (and pictures).
+"""``diffreg register``: register a CT to one X-ray or several; write the pose and the result as JSON (and pictures).
+
+``--xray`` may be repeated: several X-rays of one patient pose (biplane, or
+C-arm shots) are registered together (`DiffRegLogic.registration.views`),
+with ``--geometry`` and ``--init`` once per X-ray (or each X-ray's DICOM
+geometry and angles): the relation between the views is that of their start
+poses. ``--crop`` is given once (every X-ray) or once per X-ray; ``--truth``,
+``--drr``, ``--overlay`` and ``--curve`` are view 1's. The result JSON keeps
+the one-X-ray fields for view 1 and adds ``"views"``: per X-ray its file,
+geometry, camera_from_world and image metrics.
+
+An X-ray whose reader could not tell its intensity convention (``meta
+["intensity_source"] == "default"``) is resolved against a coarse DRR at its
+start pose (`DiffRegLogic.xray.convention.resolve_convention`); what was
+found is in ``xray_meta["intensity_detected"]``.
 
 The result JSON carries ``timings_s``, the wall-time breakdown of the run
 (imports, reading the inputs, loading the renderer's kernels, the
@@ -17,19 +31,30 @@ from .options import PHANTOM, add_engine_options, add_hu_options, add_physics_op
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("register", help="register a CT to an X-ray; write the pose and the result as JSON")
     p.add_argument("--ct", required=True, help="CT file (NIfTI, NRRD, MHA) or DICOM series folder, or 'phantom'")
-    p.add_argument("--xray", required=True, help="X-ray: .npy, .png/.tif (16-bit), .nrrd/.nii.gz/.mha, or DICOM")
-    p.add_argument("--geometry", default=None, help="detector geometry JSON (default: from the DICOM X-ray)")
-    p.add_argument("--init", default=None, help="initial pose JSON (default: the DICOM C-arm angles about the CT centre)")
-    p.add_argument("--truth", default=None, help="true pose JSON, to report mTRE and pose errors (optional)")
+    p.add_argument("--xray", required=True, action="append",
+                   help="X-ray: .npy, .png/.tif (16-bit), .nrrd/.nii.gz/.mha, or DICOM; repeat it for several views "
+                        "of one pose (biplane, two C-arm shots)")
+    p.add_argument("--geometry", default=None, action="append",
+                   help="detector geometry JSON, once per --xray (default: from each DICOM X-ray)")
+    p.add_argument("--init", default=None, action="append",
+                   help="initial pose JSON, once per --xray, all in the CT's world (default: each DICOM X-ray's "
+                        "C-arm angles about the CT centre); the views' relation is that of their initial poses")
+    p.add_argument("--truth", default=None, help="true pose JSON of view 1, to report mTRE and pose errors (optional)")
     p.add_argument("--out", required=True, help="result JSON: camera_from_world plus the result fields")
     p.add_argument("--overlay", default=None, help="PNG: DRR edges over the X-ray before and after (optional)")
     p.add_argument("--curve", default=None, help="PNG: similarity per iteration (optional)")
     p.add_argument("--drr", default=None, help="write the DRR at the registered pose (.npy, .nrrd, .nii.gz, .mha, .png)")
     p.add_argument("--trace", action="store_true", help="include the per-iteration trace in the result JSON")
-    p.add_argument("--intensity", choices=["auto", "line_integral", "intensity"], default="auto",
-                   help="X-ray values: line_integral (bone bright), intensity (raw, bone dark: -log applied), "
-                        "auto (DICOM tags decide; other formats: line_integral)")
-    p.add_argument("--crop", default="none", help="collimator crop: none, auto, or TOP,BOTTOM,LEFT,RIGHT pixels")
+    from ..xray.intensity import INTENSITY_CONVENTIONS
+
+    p.add_argument("--intensity", choices=list(INTENSITY_CONVENTIONS), default="auto",
+                   help="X-ray values: line_integral (log, bone bright), inverted (log, bone dark), intensity (raw, "
+                        "bone dark: -log applied), inverted_intensity (raw, bone bright), or auto: DICOM tags decide, "
+                        "and where they are silent the convention is detected against a DRR at the start (the result "
+                        "says what was found)")
+    p.add_argument("--crop", default=None, action="append",
+                   help="collimator crop: none, auto, or TOP,BOTTOM,LEFT,RIGHT pixels (default none); once for "
+                        "every X-ray or once per --xray")
     p.add_argument("--flip-rows", action="store_true", help="the X-ray is mirrored top-bottom")
     p.add_argument("--flip-cols", action="store_true", help="the X-ray is mirrored left-right")
     p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame X-ray (default 0)")
@@ -52,6 +77,17 @@ def parse_crop(text: str):
     return tuple(int(part) for part in parts)
 
 
+def view_crops(args) -> list:
+    """The crop of each X-ray (`parse_crop` of ``--crop``: none given = none; one = every X-ray; else one each)."""
+    given = args.crop or ["none"]
+    n = len(args.xray)
+    if len(given) not in (1, n):
+        raise InputError(f"{n} X-ray(s) (--xray) but {len(given)} --crop: give one crop for every X-ray or one per "
+                         "X-ray, in the order of the --xray options")
+    crops = [parse_crop(text) for text in given]
+    return crops * n if len(crops) == 1 else crops
+
+
 def check(args):
     """Argument and path errors found before any heavy import or file read; returns the checked `Outputs`."""
     from pathlib import Path
@@ -68,35 +104,42 @@ def check(args):
             raise InputError(f"--{option} must be a .png file, got {path}")
     if args.drr is not None:
         check_image_suffix(args.drr)
-    parse_crop(args.crop)
+    view_crops(args)
     if args.ct != PHANTOM and not Path(args.ct).exists():
         raise InputError(f"CT file or folder not found: {args.ct}")
-    if not Path(args.xray).exists():
-        raise InputError(f"X-ray file not found: {args.xray}")
+    n = len(args.xray)
+    for option, what in (("geometry", "geometry file"), ("init", "initial pose")):
+        given = getattr(args, option) or []
+        if given and len(given) != n:
+            raise InputError(f"{n} X-ray(s) (--xray) but {len(given)} --{option}: give one {what} per X-ray, in "
+                             f"the order of the --xray options, or none (DICOM X-rays carry their own)")
+    for path in args.xray:
+        if not Path(path).exists():
+            raise InputError(f"X-ray file not found: {path}")
     for option, what in (("geometry", "geometry"), ("init", "pose"), ("truth", "pose")):
-        path = getattr(args, option)
-        if path is not None and not Path(path).exists():
-            raise InputError(f"{what} file not found: {path}")
+        paths = getattr(args, option)
+        for path in paths if isinstance(paths, list) else [paths]:
+            if path is not None and not Path(path).exists():
+                raise InputError(f"{what} file not found: {path}")
     registration_options(args)  # every registration setting, checked before any work (torch-free)
-    outputs = Outputs([args.ct, args.xray, args.geometry, args.init, args.truth])
+    outputs = Outputs([args.ct, *args.xray, *(args.geometry or []), *(args.init or []), args.truth])
     for option in ("out", "drr", "overlay", "curve"):
         outputs.file(getattr(args, option), f"--{option}")
     return outputs
 
 
-def _read_inputs(args, device):
-    """X-ray, detector, CT volume, start (an initialiser) and true pose from the command line."""
-    from ..geometry.files import read_geometry, read_pose
-    from ..registration.initializers import ClinicalAngles, FixedPose
+def _read_view(args, k: int, crop):
+    """X-ray k (an `XRay`) and its detector, from ``--xray``, ``--geometry`` and ``--crop``."""
+    from ..geometry.files import read_geometry
     from ..xray.collimation import crop_detector, flip_detector
     from ..xray.image import check_xray
     from ..xray.readers import read_xray
-    from .common import dtype_of, hu_conversion, load_ct, model
 
-    xray = read_xray(args.xray, intensity=args.intensity, frame=args.frame, flip_rows=args.flip_rows,
-                     flip_cols=args.flip_cols, crop=parse_crop(args.crop))
-    if args.geometry is not None:
-        detector = read_geometry(args.geometry)
+    path = args.xray[k]
+    xray = read_xray(path, intensity=args.intensity, frame=args.frame, flip_rows=args.flip_rows,
+                     flip_cols=args.flip_cols, crop=crop)
+    if args.geometry:
+        detector = read_geometry(args.geometry[k])
         rows, cols = xray.meta.get("shape_read", xray.shape)
         if (detector.rows, detector.cols) == (rows, cols):
             detector = flip_detector(detector, rows=args.flip_rows, cols=args.flip_cols)
@@ -107,14 +150,77 @@ def _read_inputs(args, device):
         detector = xray.detector
     else:
         raise InputError(
-            f"no geometry for {args.xray}: give --geometry G.json (source_to_detector_mm, rows, cols, "
-            "pixel_spacing_mm), or use a DICOM X-ray with DistanceSourceToDetector and ImagerPixelSpacing"
+            f"no geometry for {path}: give --geometry G.json (source_to_detector_mm, rows, cols, "
+            "pixel_spacing_mm)" + (" once per --xray" if len(args.xray) > 1 else "")
+            + ", or use a DICOM X-ray with DistanceSourceToDetector and ImagerPixelSpacing"
         )
-    check_xray(xray.image, detector)
+    try:
+        check_xray(xray.image, detector)
+    except InputError as exc:
+        raise (InputError(f"{_label(args, k)}: {exc}") if len(args.xray) > 1 else exc) from None
+    _check_contrast(xray, _label(args, k))
+    return xray, detector
+
+
+def _label(args, k: int) -> str:
+    return f"X-ray {k + 1} ({args.xray[k]})" if len(args.xray) > 1 else f"the X-ray {args.xray[k]}"
+
+
+def _check_contrast(xray, label: str) -> None:
+    """Refuse an X-ray without contrast where its mask weights it (an image of only air, a blank frame)."""
+    from ..registration.checks import MIN_CONTRAST
+
+    image = xray.image
+    values = image if xray.mask is None else image[xray.mask > 0]
+    if values.numel() == 0 or float(values.max() - values.min()) < MIN_CONTRAST:
+        value = float(values.min()) if values.numel() else float("nan")
+        raise InputError(f"{label} is constant ({value:.6g} everywhere it is used, e.g. only air or a blank frame): "
+                         "no similarity can see structure in it; check the file (or its --frame and --crop)")
+
+
+def _read_inputs(args, device):
+    """X-rays, detectors, the CT volume, each view's start pose (4, 4) and view 1's true pose."""
+    from ..geometry.files import read_pose
+    from ..registration.initializers import ClinicalAngles, FixedPose, initial_poses
+    from .common import dtype_of, hu_conversion, load_ct, model
+
+    views = [_read_view(args, k, crop) for k, crop in enumerate(view_crops(args))]
     volume = model(args, load_ct(args.ct, hu_conversion(args), dtype_of(args.dtype)))[0].to(device)
-    start = FixedPose(read_pose(args.init)) if args.init is not None else ClinicalAngles.from_xray(xray)
+    starts = []
+    for k, (xray, detector) in enumerate(views):
+        start = FixedPose(read_pose(args.init[k])) if args.init else ClinicalAngles.from_xray(xray)
+        starts.append(initial_poses(start, xray, detector, volume)[0])
     truth = read_pose(args.truth) if args.truth is not None else None
-    return xray, detector, volume, start, truth
+    return [v[0] for v in views], [v[1] for v in views], volume, starts, truth
+
+
+def _resolve_intensity(xray, detector, volume, pose, options):
+    """The X-ray with its intensity convention resolved against a coarse DRR at ``pose``, when its reader had to
+    guess (``meta["intensity_source"] == "default"``); otherwise the X-ray as it is."""
+    from ..xray.convention import resolve_at_pose
+
+    return resolve_at_pose(xray, detector, volume, pose, options.renderer, **options.render_options())
+
+
+def _check_footprints(volume, xrays, detectors, starts, args) -> None:
+    """Refuse a view whose start puts the CT's footprint on none of its X-ray (a truncated CT, a wrong pose)."""
+    from ..drr.footprint import footprint_mask
+    from ..registration.checks import check_start
+    from ..registration.pyramid import resize_image
+
+    for k, (xray, detector, pose) in enumerate(zip(xrays, detectors, starts)):
+        # a CT behind the source or beyond the detector first, with the engine's own words
+        check_start(volume, detector, pose, "the initial pose" + (f" of {_label(args, k)}" if len(xrays) > 1 else ""))
+        coarse = detector.downsample(max(1.0, max(detector.shape) / 128.0))
+        covered = footprint_mask(volume, coarse, pose)[0].cpu()
+        if xray.mask is not None:
+            covered = covered * (resize_image(xray.mask.to(covered.dtype).cpu(), coarse.shape) > 0)
+        if not bool((covered > 0).any()):
+            raise InputError(
+                f"at its start pose the CT's footprint covers none of {_label(args, k)}: no ray through its pixels "
+                "crosses the CT (a truncated CT, or the X-ray of another body part, or a wrong initial pose); check "
+                "--init (or the DICOM angles), --geometry and the CT"
+            )
 
 
 def run(args, outputs=None) -> int:
@@ -128,7 +234,7 @@ def run(args, outputs=None) -> int:
     from ..figures import composites
     from ..geometry.files import detector_to_dict, write_json
     from ..registration.engine import register
-    from ..registration.initializers import initial_poses
+    from ..registration.views import register_views, views_from_starts
     from ..similarity.metrics import image_metrics
     from ..xray.files import write_image
     from .common import device_of, loss_curve, pose_reports, progress_printer
@@ -142,46 +248,80 @@ def run(args, outputs=None) -> int:
     device = device_of(args)
     options = registration_options(args)
     t = time.perf_counter()
-    xray, detector, volume, start, truth = _read_inputs(args, device)
-    image = xray.image.to(device=device, dtype=volume.mu.dtype)
-    mask = None if xray.mask is None else xray.mask.to(device)
-    initial = initial_poses(start, xray, detector, volume)[0]
+    xrays, detectors, volume, starts, truth = _read_inputs(args, device)
+    _check_footprints(volume, xrays, detectors, starts, args)
+    detected = []
+    for k in range(len(xrays)):
+        before = xrays[k].meta.get("intensity_source")
+        xrays[k] = _resolve_intensity(xrays[k], detectors[k], volume, starts[k], options)
+        detected.append(None if before != "default" else
+                        xrays[k].meta.get("intensity_detected", xrays[k].meta.get("intensity")))
+        _check_contrast(xrays[k], _label(args, k))
+    images = [x.image.to(device=device, dtype=volume.mu.dtype) for x in xrays]
+    masks = [None if x.mask is None else x.mask.to(device) for x in xrays]
     timings["inputs"] = time.perf_counter() - t
     t = time.perf_counter()
-    _load_kernels(volume, detector, initial, options)
+    _load_kernels(volume, detectors[0], starts[0], options)
     imports_done()  # numba and its kernels
     timings["kernels"] = time.perf_counter() - t
-    print(f"registering {args.ct} to {args.xray} ({detector.rows}x{detector.cols}; {options.optimizer}, "
-          f"{options.similarity_name}, {options.renderer} on {device})", flush=True)
+    names = " + ".join(str(x) for x in args.xray)
+    sizes = ", ".join(f"{d.rows}x{d.cols}" for d in detectors)
+    print(f"registering {args.ct} to {names} ({sizes}; {options.optimizer}, {options.similarity_name}, "
+          f"{options.renderer} on {device})", flush=True)
     t = time.perf_counter()
-    result = register(volume, image, detector, initial, options, mask=mask, callback=progress_printer(args.quiet))
+    if len(xrays) == 1:
+        result = register(volume, images[0], detectors[0], starts[0], options, mask=masks[0],
+                          callback=progress_printer(args.quiet))
+        view_poses, relations = result.pose[None], [torch.eye(4, dtype=torch.float64)]
+    else:
+        views, first = views_from_starts(images, detectors, torch.stack(starts), masks,
+                                         [_label(args, k) for k in range(len(xrays))])
+        result = register_views(volume, views, first, options, callback=progress_printer(args.quiet))
+        view_poses = result.view_poses
+        relations = [torch.eye(4, dtype=torch.float64)] + [v.from_first for v in views[1:]]
     timings["registration"] = time.perf_counter() - t
     t = time.perf_counter()
+    initials = starts  # each view's start as given (with --n-starts, not the random start the search chose)
     with torch.no_grad():  # the reported images use the renderer settings the registration used
-        final = render(volume, detector, torch.stack([initial.to(torch.float64), result.pose]), options.renderer,
-                       **options.render_options())
+        finals = [render(volume, det, torch.stack([start.to(torch.float64), pose]), options.renderer,
+                         **options.render_options()) for det, start, pose in zip(detectors, initials, view_poses)]
+    metrics = [(image_metrics(f[0], im, mk), image_metrics(f[1], im, mk)) for f, im, mk in zip(finals, images, masks)]
     report = result.to_dict()
     if not args.trace:
         report.pop("trace")
+    metas = []
+    for xray, found in zip(xrays, detected):
+        meta = {k: v for k, v in xray.meta.items() if k in ("format", "intensity", "crop", "collimation", "notes")}
+        if found is not None:
+            meta["intensity_detected"] = found
+        metas.append(meta)
     report.update({
         "diffreg_version": __version__,
         "ct": str(args.ct),
-        "xray": str(args.xray),
-        "xray_meta": {k: v for k, v in xray.meta.items() if k in ("format", "intensity", "crop", "collimation", "notes")},
-        "geometry": detector_to_dict(detector),
+        "xray": str(args.xray[0]),
+        "xray_meta": metas[0],
+        "geometry": detector_to_dict(detectors[0]),
         "device": str(device),
-        "image_metrics_initial": image_metrics(final[0], image, mask),
-        "image_metrics": image_metrics(final[1], image, mask),
+        "image_metrics_initial": metrics[0][0],
+        "image_metrics": metrics[0][1],
     })
+    views_report = [{
+        "xray": str(path), "xray_meta": meta, "geometry": detector_to_dict(det),
+        "camera_from_world": pose.tolist(), "initial_camera_from_world": start.tolist(),
+        "image_metrics_initial": m[0], "image_metrics": m[1],
+    } for path, meta, det, pose, start, m in zip(args.xray, metas, detectors, view_poses, initials, metrics)]
     if truth is not None:
-        report["error_initial"], report["error"] = pose_reports([initial, result.pose], truth, volume, detector)
+        report["error_initial"], report["error"] = pose_reports([starts[0], result.pose], truth, volume, detectors[0])
+        for entry, det, rel, start, pose in zip(views_report, detectors, relations, initials, view_poses):
+            entry["error_initial"], entry["error"] = pose_reports([start, pose], rel @ truth, volume, det)
+    report["views"] = views_report
     # every output is written only now, after the registration succeeded, and moved into place together
     with outputs.staged() as stage:
         if args.drr is not None:
-            write_image(stage.path(args.drr), final[1], detector)
+            write_image(stage.path(args.drr), finals[0][1], detectors[0])
         if args.overlay is not None:
             composites.save_png(stage.path(args.overlay), composites.before_after(
-                image.cpu().numpy(), final[0].cpu().numpy(), final[1].cpu().numpy()))
+                images[0].cpu().numpy(), finals[0][0].cpu().numpy(), finals[0][1].cpu().numpy()))
         if args.curve is not None:
             composites.save_png(stage.path(args.curve), loss_curve(result))
         timings["outputs"] = time.perf_counter() - t

@@ -32,7 +32,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".rigid": "make_rigid invert_rigid translation_matrix check_pose skew se3_exp so3_log so3_exp se3_log "
               "quaternion_to_matrix matrix_to_quaternion axis_rotation euler_to_matrix matrix_to_euler",
     ".motions": "about_center motion_about_center motion_about_center_params pose_from_se3_about "
-                "se3_about_from_pose random_motions perturb_pose pose_difference",
+                "se3_about_from_pose random_motions perturb_pose pose_difference orbit_pose",
     ".carm": "spherical_carm_to_pose pose_to_spherical_carm clinical_to_pose pose_to_clinical",
     ".files": "GEOMETRY_KEYS detector_from_dict detector_to_dict read_geometry write_json pose_from_dict read_pose "
               "pose_to_dict",

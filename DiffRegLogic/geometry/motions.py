@@ -81,3 +81,17 @@ def pose_difference(a: torch.Tensor, b: torch.Tensor, center: torch.Tensor) -> d
     angle = float(so3_log(motion[:3, :3]).norm())
     moved_center = motion[:3, :3] @ center + motion[:3, 3]
     return {"rotation_deg": float(np.rad2deg(angle)), "translation_mm": float((moved_center - center).norm())}
+
+
+def orbit_pose(pose: torch.Tensor, center: torch.Tensor, degrees: float) -> torch.Tensor:
+    """camera_from_world (4, 4) of the C-arm orbited by ``degrees`` about the axis through ``center`` (mm) along
+    the camera's y (the detector rows): the second view of a biplane system, or a second shot of one C-arm.
+
+    The CT's motion is a rotation about that axis, so ``center`` keeps its
+    distance to the source and its place on the camera's y axis.
+    """
+    pose = torch.as_tensor(pose, dtype=torch.float64)
+    axis = pose[:3, :3].T @ torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    rotation = so3_exp(axis * math.radians(float(degrees)))
+    return pose @ motion_about_center(rotation, torch.zeros(3, dtype=torch.float64),
+                                      torch.as_tensor(center, dtype=torch.float64))

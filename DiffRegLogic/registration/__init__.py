@@ -18,23 +18,28 @@
   Levenberg-Marquardt; `baselines`: Powell, Nelder-Mead, CMA-ES).
 * **Settings** (`options`): `RegistrationOptions`, built by `make_options`
   everywhere a user's settings come in.
+* **Several views** (`views`): `register_views(volume, [View(...), ...],
+  start)` registers one pose to two or more X-rays of known relative
+  geometry (biplane, or C-arm shots whose angles give their relation).
 * **Progress and cancel** (`context`, `results`): a callback per iteration;
   cancelling returns the best pose so far.
 
 Modules: `options`, `optimizers`, `steps`, `levels`, `baselines`,
 `initializers`, `parameters`, `pyramid`, `checks`, `context`, `results`,
-`engine`.
+`engine`, `views`.
 """
 
 from .._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     ".engine": "register register_batch",
+    ".views": "View register_views relative_poses views_from_starts camera_error_mm",
     ".options": "RegistrationOptions make_options PARAMETERIZATIONS DEFAULT_STEPS BASELINE_SCALE",
     ".optimizers": "OPTIMIZERS GRADIENT_OPTIMIZERS BASELINE_OPTIMIZERS",
     ".results": "Progress RegistrationResult",
     ".parameters": "PoseParameters",
-    ".pyramid": "Level volume_factor build_levels build_level preview_level level_detector resize_image",
+    ".pyramid": "Level ViewLevel volume_factor build_levels build_level build_view_levels preview_level "
+                "level_detector resize_image",
     ".initializers": "Initializer FixedPose ClinicalAngles RandomStarts initial_poses",
     ".levels": "LevelResult LevelOptimizer GradientLevel LevenbergMarquardtLevel",
     ".context": "RegistrationContext Cancelled",

@@ -188,3 +188,25 @@ def check_start_drrs(level: Level, poses: torch.Tensor, renderer: str, render_op
             f"no contrast (its values span less than {MIN_CONTRAST:g}), so the similarity has nothing to compare; "
             "check the initial pose (camera_from_world, mm), the detector geometry and the CT's attenuation values"
         )
+
+
+def check_start_footprints(level: Level, poses: torch.Tensor, select_best: bool) -> None:
+    """Refuse starts at which the CT's footprint covers none of the X-ray's weighted pixels (``footprint_mask``).
+
+    ``poses`` (B, 4, 4) on the coarsest ``level``; with ``select_best`` only
+    all starts uncovered are refused (as `check_start_drrs`).
+    """
+    from ..drr.footprint import footprint_mask
+
+    covered = footprint_mask(level.volume, level.detector, poses)
+    if level.mask is not None:
+        covered = covered * (level.mask > 0).to(covered)
+    empty = torch.nonzero(covered.flatten(1).amax(1) <= 0).flatten().tolist()
+    if empty and (not select_best or len(empty) == poses.shape[0]):
+        where = " inside the mask" if level.mask is not None else ""
+        raise InputError(
+            f"the CT's footprint (the pixels whose rays cross the CT's box) covers none of the X-ray{where} at the "
+            f"start pose{'s' if poses.shape[0] > 1 else ''}: a truncated CT, or a start that puts it off the "
+            "detector; check the initial pose and the geometry, or register without --footprint-mask "
+            "(footprint_mask=False)"
+        )

@@ -1,10 +1,16 @@
 """What the levels of one (batched) registration share: rendering, scoring, the trace, progress and cancel.
 
-A level optimiser calls `RegistrationContext.render` / `score` to evaluate
-poses and `report` once per iteration; `report` appends to the trace, tells
+A level optimiser calls `RegistrationContext.evaluate` (with autograd) or
+`score` (without) to evaluate poses and `report` once per iteration; `report` appends to the trace, tells
 the callback (with the best pose so far), remembers the best parameters of
 every start for a cancel, and raises `Cancelled` when the callback or the
 cancel function asks to stop.
+
+`evaluate` renders every view of the level (one for a single X-ray) at
+``from_first @ pose`` and returns the mean of the views' similarities; with
+``options.footprint_mask`` each view's mask is multiplied by the CT's
+footprint at the current pose (`DiffRegLogic.drr.footprint`), re-estimated
+at every evaluation, with no gradient through it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from ..errors import InputError
 from ..similarity.measure import Measure
 from .options import RegistrationOptions
 from .parameters import PoseParameters
-from .pyramid import Level
+from .pyramid import Level, ViewLevel
 from .results import Progress
 
 
@@ -67,13 +73,45 @@ class RegistrationContext:
         )
 
     def similarity(self, level: Level, drr: torch.Tensor) -> torch.Tensor:
-        """(B,) similarity of DRRs on ``level`` with the level's X-ray."""
+        """(B,) similarity of view 1's DRRs on ``level`` with the level's X-ray (its plain mask)."""
         return self.measure(drr, level.xray, level.mask)
 
+    def render_view(self, level: Level, view: ViewLevel, poses: torch.Tensor) -> torch.Tensor:
+        """DRRs (B, H, W) of one view for its camera_from_world ``poses`` (B, 4, 4), in the similarity's dtype."""
+        self.evaluations += poses.shape[0]
+        try:
+            drr = render(view.volume, view.detector, poses, self.opts.renderer, **self.opts.render_options())
+        except InputError as exc:
+            raise self.moved_out(level, exc) from exc
+        return drr.to(self.dtype)
+
+    def view_mask(self, view: ViewLevel, poses: torch.Tensor) -> torch.Tensor | None:
+        """The weights of one view at ``poses`` (B, 4, 4): its mask, times the CT's footprint when asked."""
+        if not self.opts.footprint_mask:
+            return view.mask
+        from ..drr.footprint import footprint_mask, masked_by_footprint
+
+        footprint = footprint_mask(view.volume, view.detector, poses.detach(), exclude_cut_faces=True).to(self.dtype)
+        return masked_by_footprint(view.mask, footprint)
+
+    def evaluate_views(self, level: Level, x: torch.Tensor) -> torch.Tensor:
+        """(V, B) similarity of every view at parameters x (B, 6) on ``level`` (autograd kept)."""
+        first = self.params.pose(x)
+        sims = []
+        for view in level.views:
+            poses = view.poses(first)
+            sims.append(self.measure(self.render_view(level, view, poses), view.xray, self.view_mask(view, poses)))
+        return torch.stack(sims)
+
+    def evaluate(self, level: Level, x: torch.Tensor) -> torch.Tensor:
+        """(B,) similarity at parameters x (B, 6) on ``level``: the mean over its views (autograd kept)."""
+        sims = self.evaluate_views(level, x)
+        return sims[0] if sims.shape[0] == 1 else sims.mean(0)
+
     def score(self, level: Level, x: torch.Tensor) -> torch.Tensor:
-        """(B,) similarity at parameters x on ``level``, without gradients."""
+        """(B,) similarity at parameters x on ``level`` (mean over its views), without gradients."""
         with torch.no_grad():
-            return self.similarity(level, self.render(level, x))
+            return self.evaluate(level, x)
 
     def report(self, level_index: int, iteration: int, current: torch.Tensor, best: torch.Tensor, extra: dict,
                best_x: torch.Tensor, *, row: int | None = None, batch_best: torch.Tensor | None = None) -> None:

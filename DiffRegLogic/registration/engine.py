@@ -13,6 +13,16 @@ similar to ``xray``. Its three plug points:
 * the **level optimiser**: ``options.optimizer``, a name of `OPTIMIZERS`
   (`levels`, `baselines`).
 
+``options.search == "wide"`` first runs the global search
+(`DiffRegLogic.registration.search.wide_search`) about the first start and
+registers from its candidates as a multi-start (``result.search`` keeps
+what it reports); ``options.nuisance`` other than "none" configures the
+measure (`DiffRegLogic.similarity.robust.configure_measure`) and
+``options.robust`` weighs each level's pixels from its start pose
+(`reweighted_level`, `configured_measure`). Several
+X-rays of one pose: `DiffRegLogic.registration.views` (the same loop,
+`optimise`, over a list of views).
+
 Coarse to fine over the levels of `pyramid`; with several starts they all
 run on the coarsest level as one batch and the best goes on to the finer
 levels. The best pose seen is kept. ``converged`` in the result means the
@@ -36,6 +46,7 @@ accepts is an `InputError` naming the step sizes. No input is changed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Callable
@@ -44,18 +55,18 @@ import torch
 
 from ..geometry.motions import perturb_pose, random_motions
 from ..geometry.rigid import check_pose
-from ..similarity.measure import as_measure
+from ..similarity.measure import Measure, as_measure
 from ..volume.ct import Volume
 from ..geometry.detector import Detector
 from ..errors import InputError
 from .checks import (check_detector, check_inputs, check_level_sizes, check_start, check_start_drrs,
-                     check_volume)
+                     check_start_footprints, check_volume)
 from .context import Cancelled, RegistrationContext
 from .initializers import initial_poses
 from .optimizers import OPTIMIZERS
 from .options import RegistrationOptions, as_options
-from .parameters import PoseParameters
-from .pyramid import build_levels
+from .parameters import PoseParameters, source_to_center
+from .pyramid import Level, build_view_levels
 from .results import Progress, RegistrationResult
 
 
@@ -66,6 +77,30 @@ def _image_and_mask(xray, mask):
     if isinstance(xray, XRay):
         return xray.image, xray.mask if mask is None else mask
     return xray, mask
+
+
+def configured_measure(opts: RegistrationOptions) -> Measure:
+    """The measure a registration optimises: the similarity of ``opts``, with the nuisance model when asked.
+
+    ``nuisance`` other than "none" hands the measure to
+    `DiffRegLogic.similarity.robust.configure_measure` (imported only then).
+    Robust weights (``robust``) are not part of the measure: they are not
+    re-estimated at every evaluation (measured on the phantom: such weights
+    let the optimiser move to poses where many pixels are rejected and the
+    rest agree, 5 of 10 clean registrations failed) but set once per level,
+    at the pose the level starts from, into the level's masks
+    (`reweighted_level`): a fixed objective per level, iteratively
+    reweighted from level to level. The coarsest level runs unweighted (far
+    from the answer the residual is misalignment, and its weights would
+    reject the edges that pull the pose home); a one-level registration
+    weighs from its start.
+    """
+    measure = as_measure(opts.similarity)
+    if opts.nuisance != "none":
+        from ..similarity.robust import configure_measure
+
+        measure = configure_measure(measure, dataclasses.replace(opts, robust="none"))
+    return measure
 
 
 def register_batch(
@@ -94,19 +129,53 @@ def register_batch(
     _check_callables(callback, cancel)
     image, mask = _image_and_mask(xray, mask)
     starts = check_pose(initial_poses, name="initial poses").detach().to(torch.float64).cpu().clone()
-    measure = as_measure(opts.similarity)
+    measure = configured_measure(opts)
     dtype = measure.dtype or volume.mu.dtype
     image, mask = check_inputs(volume, image, detector, mask, dtype)
-    for pose in starts:
-        check_start(volume, detector, pose)
-    select = bool(select_best) and starts.shape[0] > 1
-    check_level_sizes(detector, opts.levels, starts.shape[0], select)
+    return optimise(volume, [(image, detector, mask, None)], starts, opts, measure, select_best=select_best,
+                    callback=callback, cancel=cancel, reference_pose=reference_pose)
+
+
+def optimise(volume: Volume, views: list[tuple], starts: torch.Tensor, opts: RegistrationOptions, measure: Measure,
+             *, select_best: bool, callback, cancel, reference_pose=None,
+             names: list[str] | None = None) -> list[RegistrationResult]:
+    """The coarse-to-fine loop over checked inputs: one pose, any number of views.
+
+    ``views``: (image (H, W), detector, mask (H, W) or None, from_first (4, 4)
+    or None) per view, view 1 first, images and masks already checked
+    (`checks.check_inputs`) in the measure's dtype; ``starts`` (B, 4, 4)
+    float64 CPU view-1 poses; ``opts`` checked. ``names`` label the views in
+    error messages (default "X-ray k"). With more than one view each result
+    has ``view_poses`` (V, 4, 4) and ``view_similarities`` (V,).
+    """
+    names = names or [f"X-ray {k + 1}" for k in range(len(views))]
     center = volume.center.to(torch.float64).cpu()
+    multi = len(views) > 1
+    for (_, det, _, rel), name in zip(views, names):
+        where = f" of {name}" if multi else ""
+        for k, pose in enumerate(starts):
+            seen = pose if rel is None else rel @ pose
+            label = f"the initial pose {k + 1}{where}" if multi and starts.shape[0] > 1 else f"the initial pose{where}"
+            check_start(volume, det, seen, label)
+    select = bool(select_best) and starts.shape[0] > 1
+    for _, det, _, _ in views:
+        check_level_sizes(det, opts.levels, starts.shape[0], select)
     reference = starts[0] if reference_pose is None else _one_pose(reference_pose, "reference_pose")
-    params = PoseParameters(opts.parameterization, reference, center, float(detector.sdd))
-    levels = build_levels(volume, image, detector, mask, opts.levels, params.source_to_center())
-    check_start_drrs(levels[0], starts, opts.renderer, opts.render_options(), select)
-    ctx = RegistrationContext(opts, params, measure, dtype, callback, cancel, len(levels))
+    params = PoseParameters(opts.parameterization, reference, center, float(views[0][1].sdd))
+    distances = [params.source_to_center() if rel is None else source_to_center(rel @ reference, center)
+                 for _, _, _, rel in views]
+    levels = build_view_levels(volume, [(im, det, mk, rel, dist) for (im, det, mk, rel), dist
+                                        in zip(views, distances)], opts.levels)
+    for view, name in zip(levels[0].views, names):
+        seen = view.poses(starts)
+        first = Level(levels[0].factor, view.volume, view.detector, view.xray, view.mask)
+        try:
+            if opts.footprint_mask:
+                check_start_footprints(first, seen, select)
+            check_start_drrs(first, seen, opts.renderer, opts.render_options(), select)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}" if multi else str(exc)) from None
+    ctx = RegistrationContext(opts, params, measure, measure.dtype or volume.mu.dtype, callback, cancel, len(levels))
     optimiser = OPTIMIZERS.lookup(opts.optimizer)
     # parameters in the CT's dtype (float32 or float64: check_volume refuses half precision, whose poses
     # would fail the rigidity check); the starts above were checked in float64, as given
@@ -124,6 +193,8 @@ def register_batch(
         for index, level in enumerate(levels):
             before = ctx.iterations
             steps = (base * (level.factor / levels[0].factor)).expand(x.shape[0], 6).clone()
+            if opts.robust != "none" and (index > 0 or len(levels) == 1):
+                level = reweighted_level(ctx, level, x)
             out = optimiser.run(ctx, level, index, x, steps)
             x, best, reasons = out.x, out.similarity, out.reasons
             per_level.append(ctx.iterations - before)
@@ -146,8 +217,12 @@ def register_batch(
     else:
         start_poses = starts
         rows = list(range(starts.shape[0]))
-    if cancelled:
+    if cancelled or opts.robust != "none":  # robust: report the similarity over the unweighted masks
         best = ctx.score(finest, x)
+    per_view = None
+    if multi:
+        with torch.no_grad():
+            per_view = ctx.evaluate_views(finest, x).T.tolist()  # (B, V)
     seconds = time.perf_counter() - ctx.t0
     poses = params.pose(x.detach().to(torch.float64).cpu())
     summary = opts.summary()
@@ -157,6 +232,8 @@ def register_batch(
         seconds=seconds, converged=(reasons[i] == "converged"), stop_reason=reasons[i], cancelled=cancelled,
         iterations_per_level=list(per_level), trace=_start_trace(ctx.trace, rows[i], starts.shape[0], select),
         options=summary,
+        view_poses=None if not multi else torch.stack([v.poses(poses[i][None])[0] for v in finest.views]),
+        view_similarities=None if per_view is None else per_view[i],
     ) for i in range(poses.shape[0])]
 
 
@@ -224,7 +301,10 @@ def register(
     hypotheses, plus ``options.n_starts - 1`` random starts within
     ``start_rotation_deg`` / ``start_translation_mm`` of the first (seeded by
     ``options.seed``), are registered together on the coarsest level and the
-    best is refined. Returns a `RegistrationResult`.
+    best is refined. With ``options.search == "wide"`` the wide search's
+    candidates about the first hypothesis are the starts instead, and
+    ``result.search`` is what the search reported. Returns a
+    `RegistrationResult`.
     """
     opts = as_options(options)
     check_volume(volume)
@@ -238,7 +318,14 @@ def register(
                              "use register_batch, or pass an initialiser")
     first = hypotheses[0]
     starts = hypotheses
-    if opts.n_starts > 1:
+    search = None
+    if opts.search == "wide":  # the search's candidates replace the hypotheses and the random starts
+        image, checked_mask = _image_and_mask(xray, mask)
+        measure = configured_measure(opts)
+        image, checked_mask = check_inputs(volume, image, detector, checked_mask, measure.dtype or volume.mu.dtype)
+        check_start(volume, detector, first)
+        starts, search = wide_starts(volume, image, detector, checked_mask, first, opts, measure)
+    elif opts.n_starts > 1:
         motions = random_motions(opts.n_starts - 1, opts.start_rotation_deg, opts.start_translation_mm, opts.seed)
         randoms = perturb_pose(first, motions, volume.center.to(torch.float64).cpu())
         for k, pose in enumerate(randoms):
@@ -246,5 +333,44 @@ def register(
                         f"{opts.start_rotation_deg:g} deg, start_translation_mm = {opts.start_translation_mm:g} mm "
                         "of the initial pose; lower them)")
         starts = torch.cat([starts, randoms])
-    return register_batch(volume, xray, detector, starts, opts, mask=mask, select_best=True,
-                          callback=callback, cancel=cancel, reference_pose=first)[0]
+    result = register_batch(volume, xray, detector, starts, opts, mask=mask, select_best=True,
+                            callback=callback, cancel=cancel, reference_pose=first)[0]
+    result.search = search
+    return result
+
+
+def reweighted_level(ctx: RegistrationContext, level: Level, x: torch.Tensor) -> Level:
+    """``level`` with each view's mask times the robust weights (B, H, W) at parameters x (B, 6), no gradient.
+
+    The weights (`DiffRegLogic.similarity.robust.robust_weights`: Tukey's
+    biweight, constant `REGISTRATION_TUKEY_C`, of the residual of an affine fit of the X-ray to the DRR,
+    within the view's mask and, with ``footprint_mask``, the CT's footprint)
+    stay fixed while the level runs.
+    """
+    from ..similarity.robust import REGISTRATION_TUKEY_C, robust_weights
+
+    weighted = []
+    with torch.no_grad():
+        first = ctx.params.pose(x)
+        for view in level.views:
+            poses = view.poses(first)
+            drr = ctx.render_view(level, view, poses)
+            mask = ctx.view_mask(view, poses)
+            weights = robust_weights(drr, view.xray, mask, c=REGISTRATION_TUKEY_C).to(drr.dtype)
+            weighted.append(weights if view.mask is None else view.mask.to(weights.dtype) * weights)
+    extra = tuple(dataclasses.replace(v, mask=m) for v, m in zip(level.extra_views, weighted[1:]))
+    return dataclasses.replace(level, mask=weighted[0], extra_views=extra)
+
+
+def wide_starts(volume: Volume, image: torch.Tensor, detector: Detector, mask, first: torch.Tensor,
+                opts: RegistrationOptions, measure: Measure) -> tuple[torch.Tensor, dict]:
+    """The starts (K, 4, 4) float64 of a wide search about ``first`` and what the search reports (its info).
+
+    Calls `DiffRegLogic.registration.search.wide_search` (imported only
+    here, when ``opts.search == "wide"``) on checked inputs.
+    """
+    from .search import wide_search
+
+    found = wide_search(volume, image, detector, mask, first, opts, measure)
+    poses = check_pose(found.poses, name="poses of the wide search").detach().to(torch.float64).cpu()
+    return poses, dict(found.info)

@@ -19,6 +19,13 @@ Stopping rules:
   ``min_step_deg`` / ``min_step_mm``, or after ``patience`` rejected steps in
   a row;
 * otherwise a level stops at ``max_iterations`` (``"max_iterations"``).
+
+Several views (`DiffRegLogic.registration.views`): the gradient family
+climbs the mean of the views' similarities (`RegistrationContext.evaluate`);
+Levenberg-Marquardt concatenates the views' residuals, each divided by
+sqrt(V), so that ||r||^2 = mean over views of (1 - similarity) = 1 - mean
+similarity, and chains each view's DRR Jacobian through its own
+``from_first @ pose``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch
 from ..drr.jacobian import render_with_jacobian
 from ..errors import InputError
 from .context import RegistrationContext
-from .pyramid import Level
+from .pyramid import Level, ViewLevel
 from .steps import LevenbergMarquardt, make_gradient_optimizer
 
 
@@ -77,7 +84,7 @@ class GradientLevel:
         for iteration in range(opts.max_iterations):
             xv = x.detach().requires_grad_(True)
             with torch.enable_grad():
-                sim = ctx.similarity(level, ctx.render(level, xv))
+                sim = ctx.evaluate(level, xv)
                 (grad,) = torch.autograd.grad(-sim.sum(), xv)
             sim = sim.detach()
             if not torch.isfinite(grad).all():
@@ -120,6 +127,13 @@ def _residual_cost(residual: torch.Tensor) -> torch.Tensor:
     return (residual * residual).sum(-1)
 
 
+def _concatenate(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """One view: its tensor as it is; V views: concatenated along ``dim``, each / sqrt(V) (mean of the costs)."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts, dim) / math.sqrt(len(parts))
+
+
 class LevenbergMarquardtLevel:
     """``lm``: Levenberg-Marquardt on the similarity's residual, DRR Jacobian from `drr.jacobian`."""
 
@@ -127,22 +141,51 @@ class LevenbergMarquardtLevel:
     needs_residual = True
 
     @staticmethod
-    def _jacobian(residual_fn, drr: torch.Tensor, jac: torch.Tensor, level: Level) -> torch.Tensor:
+    def _jacobian(residual_fn, drr: torch.Tensor, jac: torch.Tensor, xray: torch.Tensor,
+                  mask: torch.Tensor | None) -> torch.Tensor:
         """d residual / d params (B, M, P): the DRR Jacobian (B, H, W, P) pushed through the residual (one JVP each)."""
         def push(tangent: torch.Tensor) -> torch.Tensor:
-            return torch.func.jvp(lambda a: residual_fn(a, level.xray, level.mask), (drr,), (tangent,))[1]
+            return torch.func.jvp(lambda a: residual_fn(a, xray, mask), (drr,), (tangent,))[1]
 
         return torch.stack([push(jac[..., p]) for p in range(jac.shape[-1])], -1)
 
-    def _render(self, ctx: RegistrationContext, level: Level, x: torch.Tensor):
+    @staticmethod
+    def _render(ctx: RegistrationContext, level: Level, view: ViewLevel, x: torch.Tensor):
+        def pose_of(params: torch.Tensor) -> torch.Tensor:
+            return view.poses(ctx.params.pose(params))
+
         try:
-            drr, jac = render_with_jacobian(level.volume, level.detector, ctx.params.pose, x, ctx.opts.renderer,
+            drr, jac = render_with_jacobian(view.volume, view.detector, pose_of, x, ctx.opts.renderer,
                                             step_voxels=ctx.opts.step_voxels, max_memory_mb=ctx.opts.max_memory_mb,
                                             backend=ctx.opts.backend)
         except (InputError, FloatingPointError) as exc:  # the Jacobian of a pose with the CT behind the source
             raise ctx.moved_out(level, exc) from exc
         ctx.evaluations += x.shape[0]
         return drr.to(ctx.dtype), jac.to(ctx.dtype)
+
+    def _linearise(self, ctx: RegistrationContext, level: Level, x: torch.Tensor, residual_fn):
+        """Residual (B, M) at x and its Jacobian (B, M, P): the views' residuals concatenated, each / sqrt(V)."""
+        views = level.views
+        residuals, jacobians = [], []
+        with torch.no_grad():
+            first = ctx.params.pose(x)
+        for view in views:
+            drr, jac = self._render(ctx, level, view, x)
+            mask = ctx.view_mask(view, view.poses(first))
+            residuals.append(residual_fn(drr, view.xray, mask))
+            jacobians.append(self._jacobian(residual_fn, drr, jac, view.xray, mask))
+        return _concatenate(residuals, 1), _concatenate(jacobians, 1)
+
+    @staticmethod
+    def _residual(ctx: RegistrationContext, level: Level, x: torch.Tensor, residual_fn) -> torch.Tensor:
+        """Residual (B, M) at x without its Jacobian (a trial step)."""
+        with torch.no_grad():
+            first = ctx.params.pose(x)
+            out = []
+            for view in level.views:
+                poses = view.poses(first)
+                out.append(residual_fn(ctx.render_view(level, view, poses), view.xray, ctx.view_mask(view, poses)))
+        return _concatenate(out, 1)
 
     def run(self, ctx: RegistrationContext, level: Level, index: int, x: torch.Tensor,
             steps: torch.Tensor) -> LevelResult:
@@ -154,17 +197,14 @@ class LevenbergMarquardtLevel:
         rejected = torch.zeros(n, dtype=torch.long, device=x.device)
         reasons = ["max_iterations"] * n
         min_rot, min_trans = math.radians(opts.min_step_deg), opts.min_step_mm
-        drr, jac = self._render(ctx, level, x)
-        res = residual_fn(drr, level.xray, level.mask)
+        # residual and its Jacobian (the DRR Jacobian chained through the residual function)
+        res, j_res = self._linearise(ctx, level, x, residual_fn)
         cost = _residual_cost(res)
         for iteration in range(opts.max_iterations):
-            # Jacobian of the residual: the DRR Jacobian chained through the residual function
-            j_res = self._jacobian(residual_fn, drr, jac, level)
             dx = lm.propose(res, j_res)
             dx = torch.where(active[:, None], dx, torch.zeros_like(dx))
             trial = x + dx
-            with torch.no_grad():
-                trial_res = residual_fn(ctx.render(level, trial), level.xray, level.mask)
+            trial_res = self._residual(ctx, level, trial, residual_fn)
             trial_cost = _residual_cost(trial_res)
             improved = (trial_cost < cost) & active
             lm.update(improved)
@@ -180,8 +220,7 @@ class LevenbergMarquardtLevel:
             if not active.any():
                 break
             if improved.any():
-                drr, jac = self._render(ctx, level, x)
-                res = residual_fn(drr, level.xray, level.mask)
+                res, j_res = self._linearise(ctx, level, x, residual_fn)
         return LevelResult(x, 1.0 - cost, reasons)
 
 

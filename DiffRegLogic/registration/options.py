@@ -19,6 +19,14 @@ from ..limits import (MAX_ITERATIONS, MAX_STARTS, MAX_TRANSLATION_MM, MEMORY_MB_
 
 PARAMETERIZATIONS = ("se3", "spherical")
 """Pose parameters: se3 (motion of the CT about its centre) or spherical (the seed paper's C-arm model)."""
+SEARCHES = ("local", "wide")
+"""Global search before the local optimiser: none (local) or a batched search over a wide range (wide)."""
+ROBUST_WEIGHTS = ("none", "tukey")
+"""Robust pixel weighting of the similarity: none, or Tukey's biweight on the normalised residual."""
+NUISANCES = ("none", "scatter")
+"""Low-frequency intensity terms fitted jointly with the pose: none, or an additive scatter field."""
+MAX_SEARCH_CANDIDATES = 100_000
+"""Candidate poses of one global search (each is one coarse DRR)."""
 
 # Default step sizes at the coarsest level (rotation deg, translation mm) per
 # optimiser. Adam's step is about this size; the plain gradient methods
@@ -73,6 +81,21 @@ class RegistrationOptions:
     step_voxels: float = 1.0
     max_memory_mb: float = 2048.0
     backend: str = "auto"  # renderer backend: auto | fused (CPU, numba) | triton (CUDA) | reference (PyTorch)
+    # global search before the local optimiser (`search`): "local" = none; "wide" = many candidate poses within
+    # +-search_rotation_deg / +-search_translation_mm of the start scored on the coarsest level, the best
+    # search_keep of them refined
+    search: str = "local"
+    search_rotation_deg: float = 45.0
+    search_translation_mm: float = 60.0
+    search_candidates: int = 1024
+    search_keep: int = 8
+    # robustness to what the CT cannot explain (`DiffRegLogic.similarity.robust`, `DiffRegLogic.drr.footprint`):
+    # robust = residual weighting of the pixels ("none" | "tukey"), re-estimated at every evaluation;
+    # footprint_mask = compare only pixels whose rays cross the CT's box at the current pose;
+    # nuisance = low-frequency intensity terms fitted with the pose ("none" | "scatter")
+    robust: str = "none"
+    footprint_mask: bool = False
+    nuisance: str = "none"
 
     def validate(self) -> None:
         """Raise InputError for any setting that cannot work (types, names, ranges, LM without a residual).
@@ -93,7 +116,9 @@ class RegistrationOptions:
 
         for name, table, label in (("backend", BACKENDS, "backend"), ("optimizer", OPTIMIZERS, "optimiser"),
                                    ("renderer", RENDERERS, "renderer"),
-                                   ("parameterization", PARAMETERIZATIONS, "parameterization")):
+                                   ("parameterization", PARAMETERIZATIONS, "parameterization"),
+                                   ("search", SEARCHES, "search"), ("robust", ROBUST_WEIGHTS, "robust weighting"),
+                                   ("nuisance", NUISANCES, "nuisance model")):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in table:
                 raise InputError(f"unknown {label} {value!r} ({name}); choose one of {', '.join(sorted(table))}")
@@ -110,6 +135,11 @@ class RegistrationOptions:
             values[name] = None if value is None else check_number(name, value, 0.0, high, low_open=True, unit=unit)
         values["step_voxels"] = check_number("step_voxels", self.step_voxels, *STEP_VOXELS_RANGE, unit="voxels")
         values["max_memory_mb"] = check_number("max_memory_mb", self.max_memory_mb, *MEMORY_MB_RANGE, unit="MB")
+        if not isinstance(self.footprint_mask, bool):
+            raise InputError(f"footprint_mask must be True or False, got {self.footprint_mask!r}")
+        if values["search_keep"] > values["search_candidates"]:
+            raise InputError(f"search_keep ({values['search_keep']}) must not exceed search_candidates "
+                             f"({values['search_candidates']}): the search keeps the best of its candidates")
         return dataclasses.replace(self, **values)
 
     def _validate_similarity(self) -> None:
@@ -170,6 +200,8 @@ _INTEGER_RANGES = {
     "max_step_reductions": (0, MAX_ITERATIONS),
     "max_evaluations": (1, MAX_EVALUATIONS),
     "n_starts": (1, MAX_STARTS),
+    "search_candidates": (1, MAX_SEARCH_CANDIDATES),
+    "search_keep": (1, MAX_STARTS),
     "seed": SEED_RANGE,
 }
 _FLOAT_RANGES = {  # name: (low, high, unit)
@@ -179,6 +211,8 @@ _FLOAT_RANGES = {  # name: (low, high, unit)
     "min_step_mm": (0.0, MAX_TRANSLATION_MM, "mm"),
     "start_rotation_deg": (0.0, 180.0, "deg"),
     "start_translation_mm": (0.0, MAX_TRANSLATION_MM, "mm"),
+    "search_rotation_deg": (0.0, 180.0, "deg"),
+    "search_translation_mm": (0.0, MAX_TRANSLATION_MM, "mm"),
 }
 _STEP_RANGES = {  # optional, > 0: name: (high, unit)
     "step_rotation_deg": (MAX_STEP_ROTATION_DEG, "deg"),

@@ -5,6 +5,11 @@ pixels per side (same physical extent, `Detector.downsample`), compares with
 the X-ray area-averaged to that size, and uses a CT averaged so that its
 voxels are about as large as a detector pixel seen at the isocentre
 (`volume_factor`, cached per CT by `DiffRegLogic.volume.downsample_cached`).
+
+A multi-view registration (`DiffRegLogic.registration.views`) has one
+`Level` per factor whose fields are view 1's and whose ``extra_views`` hold
+the other views at that factor, each with its own detector, X-ray, mask, CT
+pyramid and ``from_first`` = camera_k_from_camera_1 (4, 4).
 """
 
 from __future__ import annotations
@@ -22,14 +27,45 @@ from .parameters import source_to_center
 
 
 @dataclass
+class ViewLevel:
+    """One view of a level: CT, detector, X-ray (H, W), mask (H, W) or None, and ``from_first`` (4, 4) or None.
+
+    ``from_first`` is camera_k_from_camera_1 (mm; None = identity, view 1):
+    the view's camera_from_world is ``from_first @ pose`` of view 1.
+    """
+
+    volume: Volume
+    detector: Detector
+    xray: torch.Tensor | None
+    mask: torch.Tensor | None
+    from_first: torch.Tensor | None = None
+
+    def poses(self, first: torch.Tensor) -> torch.Tensor:
+        """camera_from_world (B, 4, 4) of this view for view 1's poses ``first`` (B, 4, 4) (autograd kept)."""
+        if self.from_first is None:
+            return first
+        return self.from_first.to(dtype=first.dtype, device=first.device) @ first
+
+
+@dataclass
 class Level:
-    """One pyramid level: its factor, the CT, detector, X-ray (H, W) and mask (H, W) or None at that size."""
+    """One pyramid level: its factor, the CT, detector, X-ray (H, W) and mask (H, W) or None at that size.
+
+    These fields are view 1's; ``extra_views`` holds views 2..V of a
+    multi-view registration (empty for one X-ray).
+    """
 
     factor: float
     volume: Volume
     detector: Detector
     xray: torch.Tensor | None
     mask: torch.Tensor | None
+    extra_views: tuple[ViewLevel, ...] = ()
+
+    @property
+    def views(self) -> tuple[ViewLevel, ...]:
+        """Every view of the level, view 1 first."""
+        return (ViewLevel(self.volume, self.detector, self.xray, self.mask),) + tuple(self.extra_views)
 
 
 def volume_factor(volume: Volume, detector: Detector, source_to_center: float) -> tuple[float, float, float]:
@@ -66,6 +102,25 @@ def build_levels(volume: Volume, xray: torch.Tensor, detector: Detector, mask: t
                  source_to_center: float) -> list[Level]:
     """The levels of a registration, coarse to fine (``factors`` as in `RegistrationOptions.levels`)."""
     return [build_level(volume, detector, factor, source_to_center, xray, mask) for factor in factors]
+
+
+def build_view_levels(volume: Volume, views, factors) -> list[Level]:
+    """Multi-view levels, coarse to fine (``factors`` as in `RegistrationOptions.levels`).
+
+    ``views`` is a sequence of (xray (H, W), detector, mask (H, W) or None,
+    from_first (4, 4) or None, source_to_center mm), view 1 first; each view
+    gets its own detector, X-ray, mask and CT (sized by its own source
+    distance) per factor.
+    """
+    levels = []
+    for factor in factors:
+        built = [build_level(volume, detector, factor, distance, xray, mask)
+                 for xray, detector, mask, _, distance in views]
+        extra = tuple(ViewLevel(b.volume, b.detector, b.xray, b.mask, view[3])
+                      for b, view in zip(built[1:], views[1:]))
+        first = built[0]
+        levels.append(Level(factor, first.volume, first.detector, first.xray, first.mask, extra))
+    return levels
 
 
 def preview_level(volume: Volume, detector: Detector, pose: torch.Tensor, max_pixels: int) -> Level:

@@ -25,7 +25,14 @@ class Progress:
 
 @dataclass
 class RegistrationResult:
-    """Outcome of one registration; ``pose`` is camera_from_world (4, 4) float64."""
+    """Outcome of one registration; ``pose`` is camera_from_world (4, 4) float64 (of view 1 with several views).
+
+    Several views (`DiffRegLogic.registration.views`): ``view_poses`` (V, 4,
+    4) float64 is each view's camera_from_world (``from_first @ pose``),
+    ``view_similarities`` the V similarities at the finest level whose mean
+    is ``similarity``. ``search`` is what a wide search reported
+    (``options.search == "wide"``; it has "candidates"), else None.
+    """
 
     pose: torch.Tensor
     initial_pose: torch.Tensor
@@ -40,10 +47,13 @@ class RegistrationResult:
     iterations_per_level: list[int] = field(default_factory=list)
     trace: list[dict] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    view_poses: torch.Tensor | None = None
+    view_similarities: list[float] | None = None
+    search: dict | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready summary (the trace included)."""
-        return {
+        """JSON-ready summary (the trace included; view poses and the search when there are any)."""
+        out = {
             "camera_from_world": self.pose.tolist(),
             "initial_camera_from_world": self.initial_pose.tolist(),
             "similarity": self.similarity,
@@ -58,3 +68,20 @@ class RegistrationResult:
             "options": self.options,
             "trace": self.trace,
         }
+        if self.view_poses is not None:
+            out["view_poses"] = self.view_poses.tolist()
+            out["view_similarities"] = list(self.view_similarities or [])
+        if self.search is not None:
+            out["search"] = _json_ready(self.search)
+        return out
+
+
+def _json_ready(value):
+    """Tensors and numpy arrays of a report as lists, numpy scalars as numbers (dicts and lists walked)."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
