@@ -5,6 +5,11 @@ Writes ``robustness.csv`` (one row per optimiser and start),
 and time, convergence and false convergence), ``robustness_curves.png``
 (median best similarity vs iteration) and ``robustness_mtre.png`` (fraction
 of starts below each final mTRE).
+
+With ``options={"search": "wide", ...}`` each start is registered on its own
+with `DiffRegLogic.registration.register`, which first runs the global search
+(`DiffRegLogic.registration.search`) about that start; the ``candidates``
+column then counts the poses the search scored (0 without the search).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from .. import evaluation
 from ..errors import InputError
 from ..geometry.detector import Detector
 from ..geometry.motions import perturb_pose, random_motions
-from ..registration.engine import register_batch
+from ..registration.engine import register, register_batch
 from ..registration.optimizers import OPTIMIZERS
 from ..registration.options import RegistrationOptions, make_options
 from ..volume.ct import Volume
@@ -39,9 +44,10 @@ Log = Callable[[str], None]
 ROBUSTNESS_COLUMNS = (
     "optimizer", "start", "start_mtre_mm", "final_mtre_mm", "start_rotation_deg", "start_translation_mm",
     "rotation_error_deg", "translation_error_mm", "initial_similarity", "final_similarity", "converged",
-    "stop_reason", "iterations", "seconds",
+    "stop_reason", "iterations", "seconds", "candidates",
 )
-"""Columns of ``robustness.csv``; errors are against the true pose, at the CT centre for rotation/translation."""
+"""Columns of ``robustness.csv``; errors are against the true pose, at the CT centre for rotation/translation;
+``candidates`` = poses the global search scored for the start (0: no search)."""
 
 
 def _options(name: str, options: dict | None) -> RegistrationOptions:
@@ -90,6 +96,7 @@ def _summary(rows: list[dict], thresholds: Sequence[float]) -> dict:
         "median_start_mtre_mm": float(np.median([r["start_mtre_mm"] for r in rows])),
         "median_seconds": float(statistics.median(r["seconds"] for r in rows)),
         "median_iterations": float(statistics.median(r["iterations"] for r in rows)),
+        "median_candidates": float(statistics.median(r["candidates"] for r in rows)),
         "converged_rate": float(converged.mean()),
         "false_convergence_rate": float(false_conv.mean()),
     }
@@ -122,7 +129,11 @@ def robustness(
     registers them with ``register_batch(..., RegistrationOptions(optimizer=name,
     **options), reference_pose=true_pose)`` in chunks of ``batch`` starts
     (one start per chunk for the gradient-free baselines, which
-    run starts one after the other anyway). Per start: start and final mTRE
+    run starts one after the other anyway). With ``options["search"] ==
+    "wide"`` each start is instead registered alone with
+    ``register(volume, xray, detector, start, options)``: the global search
+    runs about each start and its candidates form a multi-start (time per
+    registration includes the search). Per start: start and final mTRE
     (over `N_TARGET_POINTS` CT points), rotation/translation error at the CT
     centre, similarity, the converged flag and stop reason, the iterations of
     its chunk and the seconds per registration (chunk time / chunk size).
@@ -142,8 +153,9 @@ def robustness(
     Returns a dict: ``csv``, ``markdown``, ``curves_png``, ``mtre_png``
     (paths), ``summary`` ({optimiser: `_summary` numbers: n, success_rate
     {"2": fraction}, median_final_mtre_mm, mean_final_mtre_mm,
-    median_start_mtre_mm, median_seconds, median_iterations, converged_rate,
-    false_convergence_rate}), ``seconds`` (wall time of the whole run).
+    median_start_mtre_mm, median_seconds, median_iterations,
+    median_candidates, converged_rate, false_convergence_rate}),
+    ``seconds`` (wall time of the whole run).
     """
     xray, pose = _check_case(volume, xray, detector, true_pose)
     names = _names(optimizers, "optimizers")
@@ -183,6 +195,7 @@ def robustness(
     write_csv(csv_path, ROBUSTNESS_COLUMNS, _csv_rows(rows))
 
     first = opts[names[0]]
+    wide = any(o.search == "wide" for o in opts.values())
     lines = [
         "# Robustness to the starting pose",
         "",
@@ -195,19 +208,25 @@ def robustness(
         f"- registration: similarity {first.similarity}, renderer {first.renderer}, levels "
         f"{', '.join(f'{f:g}' for f in first.levels)}, at most {first.max_iterations} iterations per level, "
         f"parameterization {first.parameterization}; {len(points)} CT points for the mTRE",
+        *([f"- global search before each registration (search = wide): {first.search_candidates} candidates "
+           f"within +-{first.search_rotation_deg:g} deg / +-{first.search_translation_mm:g} mm of the start, "
+           f"the best {first.search_keep} distinct ones registered as a multi-start, one start at a time"]
+          if wide else []),
         f"- success = final mTRE < threshold; false convergence = converged but mTRE >= {thresholds[0]:g} mm; "
         f"time per registration = chunk time / chunk size (up to {batch} starts per chunk); "
         f"device {volume.mu.device}, total {seconds:.1f} s",
         "",
     ]
     header = (["optimiser", "n"] + [f"success < {t:g} mm" for t in thresholds]
-              + ["median final mTRE (mm)", "median time / registration (s)", "converged", "false convergence"])
+              + ["median final mTRE (mm)", "median time / registration (s)", "converged", "false convergence"]
+              + (["median candidates"] if wide else []))
     table = []
     for name in names:
         s = summary[name]
         table.append([name, s["n"]] + [f"{100 * s['success_rate'][f'{t:g}']:.0f}%" for t in thresholds]
                      + [fmt(s["median_final_mtre_mm"], 2), fmt(s["median_seconds"], 2),
-                        f"{100 * s['converged_rate']:.0f}%", f"{100 * s['false_convergence_rate']:.0f}%"])
+                        f"{100 * s['converged_rate']:.0f}%", f"{100 * s['false_convergence_rate']:.0f}%"]
+                     + ([f"{s['median_candidates']:.0f}"] if wide else []))
     lines += markdown_table(header, table)
     md_path.write_text("\n".join(lines) + "\n")
 
@@ -245,12 +264,16 @@ def _register_all(volume, xray, detector, pose, starts, names, opts, batch, poin
     start_mtre, start_rot, start_trans = start_errors
     n = len(starts)
     for name in names:
-        chunk = 1 if OPTIMIZERS[name].one_start_at_a_time else batch
+        wide = opts[name].search == "wide"  # the search runs about each start: one start at a time
+        chunk = 1 if wide or OPTIMIZERS[name].one_start_at_a_time else batch
         rows[name], traces[name] = [], []
         t_opt = time.perf_counter()
         for i in range(0, n, chunk):
             t0 = time.perf_counter()
-            results = register_batch(volume, xray, detector, starts[i:i + chunk], opts[name], reference_pose=pose)
+            if wide:
+                results = [register(volume, xray, detector, starts[i], opts[name])]
+            else:
+                results = register_batch(volume, xray, detector, starts[i:i + chunk], opts[name], reference_pose=pose)
             per = (time.perf_counter() - t0) / len(results)
             final = torch.stack([r.pose for r in results]).to(torch.float64)
             final_mtre = evaluation.mtre(final, pose, points).tolist()
@@ -264,6 +287,7 @@ def _register_all(volume, xray, detector, pose, starts, names, opts, batch, poin
                     "translation_error_mm": trans[j], "initial_similarity": result.initial_similarity,
                     "final_similarity": result.similarity, "converged": bool(result.converged),
                     "stop_reason": result.stop_reason, "iterations": int(result.iterations), "seconds": per,
+                    "candidates": _candidates(result),
                 })
                 traces[name].append(result.trace)
             if log is not None:
@@ -271,6 +295,13 @@ def _register_all(volume, xray, detector, pose, starts, names, opts, batch, poin
                 rate = np.mean([r["final_mtre_mm"] < thresholds[0] for r in rows[name]])
                 log(f"{name}: {done}/{n} starts, success (mTRE < {thresholds[0]:g} mm) {rate:.0%}, "
                     f"{time.perf_counter() - t_opt:.1f} s")
+
+
+def _candidates(result) -> int:
+    """Poses the global search scored for a result (0 when no search ran)."""
+    search = getattr(result, "search", None)
+    return int(search.get("candidates", 0)) if isinstance(search, dict) else 0
+
 
 _DIGITS = {"start_mtre_mm": 4, "final_mtre_mm": 4, "start_rotation_deg": 4, "start_translation_mm": 4,
            "rotation_error_deg": 4, "translation_error_mm": 4, "initial_similarity": 6, "final_similarity": 6,

@@ -95,7 +95,8 @@ class CMABaseline(_Baseline):
         try:
             import cma
         except ImportError as exc:
-            raise InputError("the CMA-ES baseline needs the cma package: pip install 'diffreg[baselines]'") from exc
+            raise InputError("the CMA-ES baseline needs the cma package (a dependency of DiffReg): "
+                             "pip install 'cma>=3.3'") from exc
         # cma wants a seed in 1 .. 2**32 - 1 (0 would mean "from the clock"): seed + 1, wrapping the largest seed
         seed = opts.seed % (2**32 - 1) + 1
         es = cma.CMAEvolutionStrategy(np.zeros(6), 0.5, {"seed": seed, "maxfevals": opts.max_evaluations,
