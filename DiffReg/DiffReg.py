@@ -102,6 +102,7 @@ class DiffRegParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     xrayVolume: vtkMRMLScalarVolumeNode
     xrayIntensity: Annotated[str, Choice(list(settings.INTENSITIES))] = "auto"
+    secondXrayVolume: vtkMRMLScalarVolumeNode
     # geometry
     sdd: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0
     pixelSpacingRow: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
@@ -115,6 +116,9 @@ class DiffRegParameterNode:
     primaryAngle: Annotated[float, WithinRange(-180.0, 180.0)] = 0.0
     secondaryAngle: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
     sourceToIsocenter: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0
+    secondAnglesFromXray: bool = True
+    secondPrimaryAngle: Annotated[float, WithinRange(-180.0, 180.0)] = 90.0
+    secondSecondaryAngle: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
     # options
     renderer: Annotated[str, Choice(list(settings.RENDERERS))] = "siddon"
     similarity: Annotated[str, Choice(list(settings.SIMILARITIES))] = "zncc"
@@ -124,6 +128,15 @@ class DiffRegParameterNode:
     starts: Annotated[int, WithinRange(1, 1000)] = 1
     device: Annotated[str, Choice(list(settings.DEVICES))] = "auto"
     maxMemoryMb: Annotated[float, WithinRange(16.0, 1048576.0)] = 2048.0
+    polychromatic: bool = False
+    tubeVoltage: Annotated[float, WithinRange(60.0, 120.0)] = 80.0
+    filtrationMmAl: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
+    search: Annotated[str, Choice(list(settings.SEARCHES))] = "local"
+    searchRotation: Annotated[float, WithinRange(0.0, 180.0)] = 45.0
+    searchTranslation: Annotated[float, WithinRange(0.0, 1000.0)] = 60.0
+    robust: Annotated[str, Choice(list(settings.ROBUST_WEIGHTS))] = "none"
+    footprintMask: bool = False
+    nuisance: Annotated[str, Choice(list(settings.NUISANCES))] = "none"
     # outputs
     transformMeaning: Annotated[str, Choice(list(settings.TRANSFORM_MEANINGS))] = settings.CARM_IN_PATIENT
     outputTransform: vtkMRMLLinearTransformNode
@@ -246,6 +259,14 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.primaryAngleSliderWidget, self.ui.secondaryAngleSliderWidget,
                        self.ui.sourceToIsocenterSpinBox):
             widget.enabled = not fromTransform
+        for widget in (self.ui.tubeVoltageSpinBox, self.ui.filtrationSpinBox):
+            widget.enabled = node.polychromatic
+        for widget in (self.ui.searchRotationSpinBox, self.ui.searchTranslationSpinBox):
+            widget.enabled = node.search != "local"
+        secondView = node.secondXrayVolume is not None
+        self.ui.secondAnglesFromXrayCheckBox.enabled = secondView
+        for widget in (self.ui.secondPrimaryAngleSliderWidget, self.ui.secondSecondaryAngleSliderWidget):
+            widget.enabled = secondView and not node.secondAnglesFromXray
         reason = self._whyNotReady(node)
         for button in (self.ui.renderButton, self.ui.registerButton):
             button.enabled = reason is None
@@ -296,6 +317,8 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                      after=result.similarity, iterations=result.iterations, seconds=result.seconds,
                      state=_("converged") if result.converged else (
                          _("cancelled") if result.cancelled else _("not converged")))
+            if done.notes:  # detected intensity conventions, the views' similarities, the wide search
+                self.ui.resultsLabel.text += " · " + " · ".join(done.notes)
             self.ui.progressBar.setValue(100 if not result.cancelled else self.ui.progressBar.value)
             self._chart = done.chart
             if self._parameterNode is node:

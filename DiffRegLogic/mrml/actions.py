@@ -15,6 +15,7 @@ import torch
 
 from ..geometry.detector import Detector
 from ..volume.ct import Volume
+from ..xray.convention import resolve_at_pose
 from ..xray.image import XRay
 from .carm import detector_from_setup, detector_plane_matrix, geometry_from_xray
 from .checks import check_option_fields, check_setup
@@ -24,6 +25,7 @@ from .outputs import (DERIVED_ROLES, Outputs, ensure_outputs, place_outputs, res
                       write_detector_images, write_loss_curve, write_pose)
 from .poses import initial_pose
 from .settings import Setup
+from .views import second_view
 
 
 @dataclass
@@ -35,6 +37,31 @@ class Inputs:
     detector: Detector
     pose: torch.Tensor  # initial camera_from_world (4, 4) float64
     ct_parent: Any = None  # (4, 4) the CT's parent-to-world when read: every pose is written against it
+    second: Any = None  # registration.views.View of the second X-ray, or None
+
+    def detected(self) -> list[str]:
+        """What was found where nothing stated an X-ray's intensity convention, one phrase per X-ray."""
+        found = []
+        for label, xray in (("X-ray", self.xray), ("second X-ray", getattr(self.second, "xray", None))):
+            convention = None if xray is None else xray.meta.get("intensity_detected")
+            if convention is not None:
+                found.append(f"{label} detected as {convention.replace('_', ' ')}")
+        return found
+
+
+def polychromatic_model(volume: Volume, setup: Setup) -> Volume:
+    """The CT's materials (air, soft tissue, bone) seen by the setup's tube (kVp, added filtration), on the CPU.
+
+    Rendered with the setup's renderer as the tracer, the DRR is -log(I / I0)
+    of the polychromatic beam through those materials (energy-integrating
+    detector), as ``diffreg register --renderer polychromatic`` does.
+    """
+    from ..physics.beam import Beam
+    from ..physics.materials import MaterialVolume
+    from ..physics.spectra import tube_spectrum
+
+    beam = Beam(tube_spectrum(float(setup.tubeVoltage), float(setup.filtrationMmAl)))
+    return MaterialVolume.from_volume(volume.to("cpu"), beam)
 
 
 def read_inputs(setup: Setup, file_for_instance: Callable[[str], str] | None = None) -> Inputs:
@@ -48,12 +75,25 @@ def read_inputs(setup: Setup, file_for_instance: Callable[[str], str] | None = N
 
     check_setup(setup, DERIVED_ROLES)
     device = resolve_device(setup.device)
-    volume = volume_from_node(setup.inputVolume).to(device)
+    volume = volume_from_node(setup.inputVolume)
+    if setup.polychromatic:
+        volume = polychromatic_model(volume, setup)
+    volume = volume.to(device)
     xray = xray_from_node(setup.xrayVolume, setup.xrayIntensity, file_for_instance)
     geo = geometry_from_xray(setup.xrayVolume, file_for_instance, xray)
     detector = detector_from_setup(setup, geo)
     pose = initial_pose(setup, volume, geo)
-    return Inputs(volume, xray, detector, pose, parent_to_world(setup.inputVolume))
+    render_options = {"max_memory_mb": float(setup.maxMemoryMb)}
+    second = second_view(setup, volume, geo, detector, file_for_instance)
+    try:  # where nothing states the convention (no DICOM tag), it is detected against a DRR at the start
+        xray = resolve_at_pose(xray, detector, volume, pose, setup.renderer, **render_options)
+        if second is not None:
+            second.xray = resolve_at_pose(second.xray, second.detector, volume, second.from_first @ pose,
+                                          setup.renderer, **render_options)
+            second.mask = second.xray.mask
+    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
+        raise _resource_errors(exc) from exc
+    return Inputs(volume, xray, detector, pose, parent_to_world(setup.inputVolume), second)
 
 
 class OutOfMemory(RuntimeError):
@@ -100,7 +140,10 @@ def registration_options(setup: Setup):
     check_option_fields(setup)
     return make_options(optimizer=setup.optimizer, similarity=setup.similarity, renderer=setup.renderer,
                         levels=setup.level_factors(), max_iterations=int(setup.iterations),
-                        n_starts=int(setup.starts), max_memory_mb=float(setup.maxMemoryMb))
+                        n_starts=int(setup.starts), max_memory_mb=float(setup.maxMemoryMb), search=setup.search,
+                        search_rotation_deg=float(setup.searchRotation),
+                        search_translation_mm=float(setup.searchTranslation), robust=setup.robust,
+                        footprint_mask=bool(setup.footprintMask), nuisance=setup.nuisance)
 
 
 def render_preview(scene, setup: Setup, pose=None, file_for_instance=None) -> Outputs:
@@ -140,6 +183,7 @@ class SceneResult:
     outputs: Outputs
     chart: Any
     message: str
+    notes: list = dataclasses.field(default_factory=list)  # detected conventions, per-view similarities, search
 
 
 def run_registration(scene, setup: Setup, progress: Callable | None = None, cancel: Callable[[], bool] | None = None,
@@ -190,8 +234,18 @@ def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progres
             progress(info, text)
 
     try:
-        result = register(inputs.volume, inputs.xray.image.to(inputs.volume.mu.device), inputs.detector, inputs.pose,
-                          options, mask=inputs.xray.mask, callback=callback, cancel=cancel)
+        device = inputs.volume.mu.device
+        if inputs.second is None:
+            result = register(inputs.volume, inputs.xray.image.to(device), inputs.detector, inputs.pose, options,
+                              mask=inputs.xray.mask, callback=callback, cancel=cancel)
+        else:
+            from ..registration.views import View, register_views
+
+            first = View(inputs.xray.image.to(device), inputs.detector, inputs.xray.mask, name="X-ray")
+            second = View(inputs.second.xray.image.to(device), inputs.second.detector, inputs.second.mask,
+                          inputs.second.from_first, inputs.second.name)
+            result = register_views(inputs.volume, [first, second], inputs.pose, options, callback=callback,
+                                    cancel=cancel)
         with torch.no_grad():
             drr = render(inputs.volume, inputs.detector, result.pose.to(inputs.volume.mu.device), options.renderer,
                          **options.render_options())[0].cpu().numpy()
@@ -204,4 +258,11 @@ def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progres
              "converged" if result.converged else f"stopped ({result.stop_reason.replace('_', ' ')})")
     message = (f"{state}; {setup.similarity} {result.initial_similarity:.4f} -> {result.similarity:.4f} in "
                f"{result.iterations} iterations, {result.seconds:.1f} s")
-    return SceneResult(result, outputs, chart, message)
+    notes = inputs.detected()
+    if getattr(result, "view_similarities", None) is not None and len(result.view_similarities) > 1:
+        notes.append("views: " + ", ".join(f"{v:.4f}" for v in result.view_similarities))
+    if getattr(result, "search", None):
+        notes.append(f"wide search tried {result.search.get('candidates')} candidate poses")
+    if notes:
+        message += "; " + "; ".join(notes)
+    return SceneResult(result, outputs, chart, message, notes)

@@ -18,6 +18,10 @@ from ..limits import check_number
 from .settings import CARM_IN_PATIENT, POSE_FROM_TRANSFORM, Setup
 
 MAX_ANGLE_DEG = 360.0
+MIN_KVP, MAX_KVP = 60.0, 120.0
+"""Tube voltages of the shipped spectra (kVp)."""
+MAX_FILTRATION_MM_AL = 20.0
+"""Largest added aluminium filtration the panel takes (mm)."""
 """|C-arm angle| the panel accepts, degrees (this module's own limit: angles beyond a turn are typing errors)."""
 MAX_DIRECTION_CONDITION = 1e6
 """Largest condition number of a volume's unit IJK->RAS directions (this module's own limit; parallel axes above)."""
@@ -178,6 +182,12 @@ _LABELS = {
     "iterations": ("Options", "Iterations per level", ""),
     "starts": ("Options", "Random starts", ""),
     "maxMemoryMb": ("Options", "Memory budget", "MB"),
+    "secondPrimaryAngle": ("Initial pose", "Second view primary angle", "deg"),
+    "secondSecondaryAngle": ("Initial pose", "Second view secondary angle", "deg"),
+    "tubeVoltage": ("Options", "Tube voltage", "kVp"),
+    "filtrationMmAl": ("Options", "Added filtration", "mm"),
+    "searchRotation": ("Options", "Search rotation range", "deg"),
+    "searchTranslation": ("Options", "Search translation range", "mm"),
     "overlayOpacity": ("Results", "DRR opacity", ""),
 }
 
@@ -230,6 +240,15 @@ def check_option_fields(setup: Setup) -> None:
     panel_number(setup, "starts", 1, limits.MAX_STARTS, integer=True)
     panel_number(setup, "maxMemoryMb", *limits.MEMORY_MB_RANGE)
     setup.level_factors()
+    if setup.polychromatic:
+        panel_number(setup, "tubeVoltage", MIN_KVP, MAX_KVP, hint="the shipped tube spectra are 60, 70, ..., 120 kVp")
+        panel_number(setup, "filtrationMmAl", 0.0, MAX_FILTRATION_MM_AL)
+    if setup.search != "local":
+        panel_number(setup, "searchRotation", 0.0, 180.0)
+        panel_number(setup, "searchTranslation", 0.0, limits.MAX_TRANSLATION_MM)
+    if setup.secondXrayVolume is not None and not setup.secondAnglesFromXray:
+        for name in ("secondPrimaryAngle", "secondSecondaryAngle"):
+            panel_number(setup, name, -MAX_ANGLE_DEG, MAX_ANGLE_DEG)
 
 
 def check_xray_value(what: str, value, low: float, high: float, unit: str, field: str) -> float:
@@ -266,6 +285,8 @@ def check_outputs(setup: Setup, derived_roles: tuple[str, ...] = ()) -> None:
     table and chart) may not be inputs.
     """
     inputs = [(setup.inputVolume, "the input CT"), (setup.xrayVolume, "the input X-ray")]
+    if setup.secondXrayVolume is not None:
+        inputs.append((setup.secondXrayVolume, "the second X-ray"))
     from_transform = setup.initialPoseMode == POSE_FROM_TRANSFORM
     if from_transform:
         inputs.append((setup.initialTransform, "the initial transform"))

@@ -30,6 +30,9 @@ from typing import Any
 from ..drr.backends import RENDERERS as _RENDERERS
 from ..errors import InputError
 from ..registration.optimizers import OPTIMIZERS as _OPTIMIZERS
+from ..registration.options import NUISANCES as _NUISANCES
+from ..registration.options import ROBUST_WEIGHTS as _ROBUST_WEIGHTS
+from ..registration.options import SEARCHES as _SEARCHES
 from ..similarity.registry import SIMILARITIES as _SIMILARITIES
 from ..xray.intensity import INTENSITY_CONVENTIONS
 
@@ -45,6 +48,9 @@ DEVICES = ("auto", "cpu", "cuda")
 RENDERERS = tuple(_RENDERERS)
 SIMILARITIES = tuple(_SIMILARITIES)
 OPTIMIZERS = tuple(_OPTIMIZERS)
+SEARCHES = tuple(_SEARCHES)
+ROBUST_WEIGHTS = tuple(_ROBUST_WEIGHTS)
+NUISANCES = tuple(_NUISANCES)
 
 CHOICES = {
     "xrayIntensity": INTENSITIES,
@@ -52,11 +58,14 @@ CHOICES = {
     "renderer": RENDERERS,
     "similarity": SIMILARITIES,
     "optimizer": OPTIMIZERS,
+    "search": SEARCHES,
+    "robust": ROBUST_WEIGHTS,
+    "nuisance": NUISANCES,
     "device": DEVICES,
     "transformMeaning": TRANSFORM_MEANINGS,
     "overlayMode": OVERLAY_MODES,
 }
-NODE_FIELDS = ("inputVolume", "xrayVolume", "initialTransform", "outputTransform", "outputDrr")
+NODE_FIELDS = ("inputVolume", "xrayVolume", "secondXrayVolume", "initialTransform", "outputTransform", "outputDrr")
 
 
 @dataclass
@@ -71,7 +80,8 @@ class Setup:
     # inputs
     inputVolume: Any = None  # CT, vtkMRMLScalarVolumeNode in HU
     xrayVolume: Any = None  # single-slice vtkMRMLScalarVolumeNode
-    xrayIntensity: str = "auto"  # auto | line_integral | intensity
+    xrayIntensity: str = "auto"  # auto (DICOM tags, else detected) | line_integral | inverted | intensity | ...
+    secondXrayVolume: Any = None  # optional second view (biplane or a second C-arm shot), same CT pose
     # geometry
     sdd: float = 0.0  # source-to-detector distance, mm
     pixelSpacingRow: float = 0.0  # mm
@@ -85,6 +95,11 @@ class Setup:
     primaryAngle: float = 0.0  # deg, LAO + / RAO -
     secondaryAngle: float = 0.0  # deg, CRA + / CAU -
     sourceToIsocenter: float = 0.0  # mm; the isocentre is the CT centre
+    # the second view's C-arm angles (deg); with the first view's they fix the relation between the views.
+    # secondAnglesFromXray: take them from the second X-ray's DICOM tags
+    secondAnglesFromXray: bool = True
+    secondPrimaryAngle: float = 90.0  # deg, LAO + / RAO -
+    secondSecondaryAngle: float = 0.0  # deg, CRA + / CAU -
     # options
     renderer: str = "siddon"
     similarity: str = "zncc"
@@ -94,6 +109,17 @@ class Setup:
     starts: int = 1  # random starts (multi-start)
     device: str = "auto"
     maxMemoryMb: float = 2048.0  # renderer working memory; lower = smaller tiles
+    # X-ray physics of the model (polychromatic: materials and a tube spectrum, traced with `renderer`)
+    polychromatic: bool = False
+    tubeVoltage: float = 80.0  # kVp
+    filtrationMmAl: float = 0.0  # aluminium added to the tube's 2.5 mm, mm
+    # global search and robustness (`DiffRegLogic.registration.options`)
+    search: str = "local"  # local | wide
+    searchRotation: float = 45.0  # deg, +- about each axis
+    searchTranslation: float = 60.0  # mm, +- along each axis
+    robust: str = "none"  # none | tukey
+    footprintMask: bool = False
+    nuisance: str = "none"  # none | scatter
     # outputs
     transformMeaning: str = CARM_IN_PATIENT
     outputTransform: Any = None  # vtkMRMLLinearTransformNode

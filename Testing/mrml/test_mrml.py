@@ -570,14 +570,17 @@ def test_self_test_scenario(scene):
 def _stored_setup(scene, tmp_path):
     ct, xr, truth, volume, detector = simulated_case(scene)
     init = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "init")
+    second = xray_node(scene, slicer.util.arrayFromVolume(xr)[0].astype(np.float64) * 2.0, name="second view")
     setup = base_setup(ct, xr, initialTransform=init, optimizer="lm", similarity="gradient_ncc", iterations=77,
                        principalPointAtCenter=False, principalPointColumn=12.5, overlayOpacity=0.25,
-                       transformMeaning=settings.PATIENT_IN_CARM)
+                       transformMeaning=settings.PATIENT_IN_CARM, secondXrayVolume=second,
+                       secondAnglesFromXray=False, secondPrimaryAngle=-80.5, polychromatic=True, tubeVoltage=100.0,
+                       search="wide", searchRotation=30.0, robust="tukey", footprintMask=True, nuisance="scatter")
     mrml.ensure_outputs(scene, setup)
     node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
     node.SetAttribute("ModuleName", "DiffReg")
     settings.write_parameter_node(node, setup)
-    for n in (ct, xr):
+    for n in (ct, xr, second):
         n.AddDefaultStorageNode()
     return setup
 
@@ -608,7 +611,7 @@ def test_parameter_node_survives_mrb(scene, tmp_path):
 def test_parameter_node_survives_mrml(scene, tmp_path):
     setup = _stored_setup(scene, tmp_path)
     scene.SetRootDirectory(str(tmp_path))
-    for node in (setup.inputVolume, setup.xrayVolume):
+    for node in (setup.inputVolume, setup.xrayVolume, setup.secondXrayVolume):
         storage = node.GetStorageNode()
         storage.SetFileName(str(tmp_path / f"{node.GetName()}.nrrd"))
         assert storage.WriteData(node)
