@@ -18,7 +18,7 @@ from DiffRegLogic.drr import render
 from DiffRegLogic.drr.footprint import footprint_mask
 from DiffRegLogic.errors import InputError
 from DiffRegLogic.geometry.motions import perturb_pose, random_motions
-from DiffRegLogic.registration import (OPTIMIZERS, LevelResult, RegistrationContext, View, camera_error_mm,
+from DiffRegLogic.registration import (OPTIMIZERS, RegistrationContext, View, camera_error_mm,
                                        make_options, register, register_views)
 from DiffRegLogic.registration.parameters import PoseParameters
 from DiffRegLogic.registration.pyramid import build_view_levels
@@ -27,6 +27,7 @@ from DiffRegLogic.similarity.ncc import zncc
 from DiffRegLogic.volume.ct import Volume
 
 from views_case import DETECTOR, FAST, PX, biplane  # noqa: F401  (biplane is a fixture)
+from test_plug_points import StayPut  # a level optimiser that scores its starts once and keeps them
 
 
 def test_one_view_gives_the_same_pose_as_register(biplane):
@@ -108,7 +109,7 @@ def test_the_wide_search_and_robust_hooks_are_called_only_when_asked(biplane, mo
     monkeypatch.setitem(sys.modules, "DiffRegLogic.similarity.robust",
                         types.SimpleNamespace(configure_measure=configure_measure, robust_weights=robust_weights,
                                               REGISTRATION_TUKEY_C=20.0))
-    OPTIMIZERS.register("stay_put_views", _StayPut(), "test optimiser")
+    OPTIMIZERS.register("stay_put_views", StayPut(), "test optimiser")
     try:
         plain = register(b["volume"], b["xrays"][0], DETECTOR, start, make_options(optimizer="stay_put_views",
                                                                                     levels=(2.0,)))
@@ -130,18 +131,6 @@ def test_the_wide_search_and_robust_hooks_are_called_only_when_asked(biplane, mo
         assert both.search["candidates"] == 2
     finally:
         OPTIMIZERS.unregister("stay_put_views")
-
-
-class _StayPut:
-    """A level optimiser that scores its starts once and keeps them."""
-
-    one_start_at_a_time = False
-    needs_residual = False
-
-    def run(self, ctx, level, index, x, steps):
-        sim = ctx.score(level, x)
-        ctx.report(index, 0, sim, sim, {}, x)
-        return LevelResult(x, sim, ["converged"] * x.shape[0])
 
 
 def test_bad_views_are_refused_with_a_message_naming_the_view(biplane):
