@@ -332,6 +332,11 @@ def run(args, outputs=None) -> int:
             f"{result.iterations} iterations, {result.seconds:.1f} s")
     if truth is not None:
         line += f"; mTRE {report['error_initial']['mtre_mm']:.2f} -> {report['error']['mtre_mm']:.2f} mm"
+    if result.search:
+        line += f"; wide search: {result.search.get('candidates')} candidate poses"
+    detected = [x.meta.get("intensity_detected") for x in xrays if x.meta.get("intensity_detected")]
+    if detected:
+        line += "; intensity detected: " + ", ".join(detected)
     print(line)
     print(f"wrote {out}")
     return 0

@@ -335,7 +335,8 @@ def register(
         starts = torch.cat([starts, randoms])
     result = register_batch(volume, xray, detector, starts, opts, mask=mask, select_best=True,
                             callback=callback, cancel=cancel, reference_pose=first)[0]
-    result.search = search
+    # initial_pose is the candidate the refinement started from; the start the search was given is kept here
+    result.search = None if search is None else {**search, "start_camera_from_world": first.tolist()}
     return result
 
 

@@ -148,7 +148,8 @@ def register_views(
     if result.view_poses is None:  # one view: the same answer as register, in the multi-view form
         result.view_poses = result.pose[None].clone()
         result.view_similarities = [result.similarity]
-    result.search = search
+    # initial_pose is the candidate the refinement started from; the start the search was given is kept here
+    result.search = None if search is None else {**search, "start_camera_from_world": first.tolist()}
     return result
 
 

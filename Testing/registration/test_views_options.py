@@ -121,7 +121,8 @@ def test_the_wide_search_and_robust_hooks_are_called_only_when_asked(biplane, mo
         assert calls["search"] == ((PX, PX), "wide", 0.0) and calls["robust"] == 20.0 and "nuisance" not in calls
         # the multi-start took the better candidate: the true pose
         torch.testing.assert_close(result.initial_pose, b["target"], rtol=0, atol=1e-9)
-        assert result.search == {"candidates": 2, "best": [0.5, 0.9]} and result.to_dict()["search"]["candidates"] == 2
+        assert result.search == {"candidates": 2, "best": [0.5, 0.9], "start_camera_from_world": start.tolist()}
+        assert result.to_dict()["search"]["candidates"] == 2
         calls.clear()
         views = [View(b["xrays"][0], DETECTOR), View(b["xrays"][1], DETECTOR, from_first=b["relation"])]
         both = register_views(b["volume"], views, start, make_options(optimizer="stay_put_views", levels=(2.0,),
