@@ -212,7 +212,8 @@ def _check_footprints(volume, xrays, detectors, starts, args) -> None:
         # a CT behind the source or beyond the detector first, with the engine's own words
         check_start(volume, detector, pose, "the initial pose" + (f" of {_label(args, k)}" if len(xrays) > 1 else ""))
         coarse = detector.downsample(max(1.0, max(detector.shape) / 128.0))
-        covered = footprint_mask(volume, coarse, pose)[0].cpu()
+        # with --footprint-mask the registration also leaves out rays through the CT's cut faces
+        covered = footprint_mask(volume, coarse, pose, exclude_cut_faces=bool(args.footprint_mask))[0].cpu()
         if xray.mask is not None:
             covered = covered * (resize_image(xray.mask.to(covered.dtype).cpu(), coarse.shape) > 0)
         if not bool((covered > 0).any()):

@@ -18,11 +18,11 @@ from ..limits import check_number
 from .settings import CARM_IN_PATIENT, POSE_FROM_TRANSFORM, Setup
 
 MAX_ANGLE_DEG = 360.0
+"""|C-arm angle| the panel accepts, degrees (this module's own limit: angles beyond a turn are typing errors)."""
 MIN_KVP, MAX_KVP = 60.0, 120.0
 """Tube voltages of the shipped spectra (kVp)."""
 MAX_FILTRATION_MM_AL = 20.0
 """Largest added aluminium filtration the panel takes (mm)."""
-"""|C-arm angle| the panel accepts, degrees (this module's own limit: angles beyond a turn are typing errors)."""
 MAX_DIRECTION_CONDITION = 1e6
 """Largest condition number of a volume's unit IJK->RAS directions (this module's own limit; parallel axes above)."""
 
@@ -241,7 +241,11 @@ def check_option_fields(setup: Setup) -> None:
     panel_number(setup, "maxMemoryMb", *limits.MEMORY_MB_RANGE)
     setup.level_factors()
     if setup.polychromatic:
-        panel_number(setup, "tubeVoltage", MIN_KVP, MAX_KVP, hint="the shipped tube spectra are 60, 70, ..., 120 kVp")
+        kvp = panel_number(setup, "tubeVoltage", MIN_KVP, MAX_KVP, hint="the shipped tube spectra are 60, 70, ..., "
+                           "120 kVp")
+        if kvp % 10:
+            raise InputError(f"{field_label('tubeVoltage')} is {kvp:g} kVp; DiffReg ships tube spectra for 60, 70, "
+                             "..., 120 kVp: pick the nearest")
         panel_number(setup, "filtrationMmAl", 0.0, MAX_FILTRATION_MM_AL)
     if setup.search != "local":
         panel_number(setup, "searchRotation", 0.0, 180.0)
@@ -285,6 +289,9 @@ def check_outputs(setup: Setup, derived_roles: tuple[str, ...] = ()) -> None:
     table and chart) may not be inputs.
     """
     inputs = [(setup.inputVolume, "the input CT"), (setup.xrayVolume, "the input X-ray")]
+    if setup.secondXrayVolume is not None and _same(setup.secondXrayVolume, setup.xrayVolume):
+        raise InputError(f"the second X-ray '{node_name(setup.secondXrayVolume)}' is the input X-ray itself; pick the "
+                         "other view's X-ray under Inputs > Second X-ray, or none")
     if setup.secondXrayVolume is not None:
         inputs.append((setup.secondXrayVolume, "the second X-ray"))
     from_transform = setup.initialPoseMode == POSE_FROM_TRANSFORM

@@ -34,7 +34,22 @@ ANGLE_FIELDS_HINT = ("untick 'Second view's angles from its DICOM tags' under In
 
 
 def first_view_angles(setup: Setup, geo: XRayGeometry) -> tuple[float, float, float]:
-    """(primary deg, secondary deg, source-to-isocentre mm) of the first view: the panel's fields, else its DICOM."""
+    """(primary deg, secondary deg, source-to-isocentre mm) of the first view, to relate it to the second.
+
+    The first X-ray's DICOM angles when it has them and either the start
+    comes from a transform (the angle fields are not the start then) or the
+    second view's angles come from its DICOM too (acquisition angles on both
+    sides); otherwise the Initial-pose fields (their distance 0: the DICOM's).
+    """
+    from .settings import POSE_FROM_TRANSFORM
+
+    from_transform = setup.initialPoseMode == POSE_FROM_TRANSFORM
+    if geo.clinical is not None and (from_transform or setup.secondAnglesFromXray):
+        return tuple(float(v) for v in geo.clinical)
+    if from_transform:
+        raise InputError(
+            "a second X-ray with the start from a transform needs the first X-ray's DICOM C-arm angles to relate "
+            "the two views, and it has none: start from C-arm angles under Initial pose instead")
     primary, secondary, distance = setup.primaryAngle, setup.secondaryAngle, setup.sourceToIsocenter
     if not distance > 0 and geo.clinical is not None:
         primary, secondary, distance = geo.clinical

@@ -9,6 +9,7 @@ so a cancel returns one result per start, each paired with its own start.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -37,10 +38,11 @@ class _Baseline:
         for row in range(x.shape[0]):
             x0 = x[row]
             track = {"iteration": 0, "best": -math.inf, "best_z": np.zeros(6)}
+            row_level = level_row(level, row, x.shape[0])
 
             def objective_batch(zs: np.ndarray) -> np.ndarray:
                 z = torch.as_tensor(np.atleast_2d(zs), dtype=x.dtype, device=x.device)
-                sims = ctx.score(level, x0 + z * scale)
+                sims = ctx.score(row_level, x0 + z * scale)
                 for zi, s in zip(np.atleast_2d(zs), sims.tolist()):
                     if s > track["best"]:
                         track["best"], track["best_z"] = s, np.array(zi, dtype=np.float64)
@@ -64,6 +66,21 @@ class _Baseline:
 
     def search(self, ctx: RegistrationContext, objective_batch, note) -> str:
         raise NotImplementedError
+
+
+def level_row(level: Level, row: int, batch: int) -> Level:
+    """``level`` for start ``row`` alone: per-start masks (B, H, W) (robust weights) cut to that start's (1, H, W).
+
+    A one-start-at-a-time optimiser scores populations of its own size, so a
+    mask with one slice per start of the batch must be narrowed first.
+    """
+    def cut(mask):
+        return mask[row:row + 1] if mask is not None and mask.dim() == 3 and mask.shape[0] == batch > 1 else mask
+
+    if all(cut(v.mask) is v.mask for v in level.views):
+        return level
+    extra = tuple(dataclasses.replace(v, mask=cut(v.mask)) for v in level.extra_views)
+    return dataclasses.replace(level, mask=cut(level.mask), extra_views=extra)
 
 
 class ScipyBaseline(_Baseline):

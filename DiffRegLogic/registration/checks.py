@@ -198,14 +198,15 @@ def check_start_footprints(level: Level, poses: torch.Tensor, select_best: bool)
     """
     from ..drr.footprint import footprint_mask
 
-    covered = footprint_mask(level.volume, level.detector, poses)
+    covered = footprint_mask(level.volume, level.detector, poses, exclude_cut_faces=True)
     if level.mask is not None:
         covered = covered * (level.mask > 0).to(covered)
     empty = torch.nonzero(covered.flatten(1).amax(1) <= 0).flatten().tolist()
     if empty and (not select_best or len(empty) == poses.shape[0]):
         where = " inside the mask" if level.mask is not None else ""
         raise InputError(
-            f"the CT's footprint (the pixels whose rays cross the CT's box) covers none of the X-ray{where} at the "
+            f"the CT's footprint (the pixels whose rays cross the CT's box, not through a face where the CT was cut "
+            f"through the patient) covers none of the X-ray{where} at the "
             f"start pose{'s' if poses.shape[0] > 1 else ''}: a truncated CT, or a start that puts it off the "
             "detector; check the initial pose and the geometry, or register without --footprint-mask "
             "(footprint_mask=False)"

@@ -345,8 +345,9 @@ def reweighted_level(ctx: RegistrationContext, level: Level, x: torch.Tensor) ->
 
     The weights (`DiffRegLogic.similarity.robust.robust_weights`: Tukey's
     biweight, constant `REGISTRATION_TUKEY_C`, of the residual of an affine fit of the X-ray to the DRR,
-    within the view's mask and, with ``footprint_mask``, the CT's footprint)
-    stay fixed while the level runs.
+    within the view's mask and, with ``footprint_mask``, the CT's footprint at x, 0 outside it)
+    stay fixed while the level runs; with the footprint applied again at every evaluation, a level
+    compares the pixels inside both its start's footprint and the current one.
     """
     from ..similarity.robust import REGISTRATION_TUKEY_C, robust_weights
 
@@ -356,7 +357,10 @@ def reweighted_level(ctx: RegistrationContext, level: Level, x: torch.Tensor) ->
         for view in level.views:
             poses = view.poses(first)
             drr = ctx.render_view(level, view, poses)
-            mask = ctx.view_mask(view, poses)
+            mask = ctx.view_mask(view, poses)  # with footprint_mask: times the footprint at this pose
+            # 0 outside it: while the level runs it compares where the footprints at its start and at the current
+            # pose overlap (measured so; letting the current footprint alone decide registered 2 of the 4 seeded
+            # starts of Testing/registration/test_real_xray.py instead of 3)
             weights = robust_weights(drr, view.xray, mask, c=REGISTRATION_TUKEY_C).to(drr.dtype)
             weighted.append(weights if view.mask is None else view.mask.to(weights.dtype) * weights)
     extra = tuple(dataclasses.replace(v, mask=m) for v, m in zip(level.extra_views, weighted[1:]))

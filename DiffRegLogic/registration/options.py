@@ -90,7 +90,8 @@ class RegistrationOptions:
     search_candidates: int = 1024
     search_keep: int = 8
     # robustness to what the CT cannot explain (`DiffRegLogic.similarity.robust`, `DiffRegLogic.drr.footprint`):
-    # robust = residual weighting of the pixels ("none" | "tukey"), re-estimated at every evaluation;
+    # robust = residual weighting of the pixels ("none" | "tukey"), set once per pyramid level at the pose the
+    # level starts from, from the second level on (`registration.engine.reweighted_level`);
     # footprint_mask = compare only pixels whose rays cross the CT's box at the current pose;
     # nuisance = low-frequency intensity terms fitted with the pose ("none" | "scatter")
     robust: str = "none"

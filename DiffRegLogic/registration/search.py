@@ -148,7 +148,8 @@ def wide_search(volume: Volume, image, detector: Detector, mask, start_pose, opt
         start_pose: (4, 4) camera_from_world (mm) the search is centred on.
         options: `RegistrationOptions`; used: search_rotation_deg, search_translation_mm,
             search_candidates, search_keep, seed, renderer, render_options(), levels (the
-            coarsest factor), optimizer steps (polish), max_memory_mb.
+            coarsest factor), optimizer steps (polish), max_memory_mb, footprint_mask (candidates are
+            scored within the CT's footprint at each, as the registration compares).
         measure: a `Measure` (or anything `as_measure` takes): higher = more similar.
         method: "sobol" (the design of `search_motions`) or "cma" (CMA-ES from the start); None =
             `DEFAULT_METHOD` (``cma`` is a dependency of DiffReg, so the default is the same everywhere).
@@ -244,9 +245,20 @@ class _Scorer:
         with torch.no_grad():
             for i in range(0, rows.numel(), self.batch):
                 idx = rows[i:i + self.batch]
-                drr = self.render(self.level.volume, self.level.detector, poses[idx].to(device),
-                                  self.opts.renderer, **self.opts.render_options())
-                sims = self.measure(drr.to(self.dtype), self.level.xray, self.level.mask)
+                batch = poses[idx].to(device)
+                drr = self.render(self.level.volume, self.level.detector, batch, self.opts.renderer,
+                                  **self.opts.render_options())
+                mask = self.level.mask
+                if self.opts.footprint_mask:  # as the registration compares: within the CT's footprint at each pose
+                    from ..drr.footprint import footprint_mask, masked_by_footprint
+
+                    mask = masked_by_footprint(mask, footprint_mask(self.level.volume, self.level.detector, batch,
+                                                                    exclude_cut_faces=True).to(self.dtype))
+                    seen = (mask.flatten(1) > 0).any(1).cpu()  # a pose whose footprint misses every pixel: -inf
+                    idx, drr, mask = idx[seen], drr[seen.to(drr.device)], mask[seen.to(mask.device)]
+                    if idx.numel() == 0:
+                        continue
+                sims = self.measure(drr.to(self.dtype), self.level.xray, mask)
                 out[idx] = sims.detach().to(torch.float64).cpu()
         self.count += poses.shape[0]
         return torch.where(torch.isfinite(out), out, torch.full_like(out, -math.inf))

@@ -2,8 +2,11 @@
 
 Real X-rays hold pixels the CT cannot explain: instruments, screws and
 cables, anatomy outside a truncated CT, burnt-in labels. A normalised
-measure lets each of them pull the pose. ``robust="tukey"`` gives them
-weight 0, re-estimated at every evaluation (without gradient):
+measure lets each of them pull the pose. `robust_weights` gives them
+weight 0 (without gradient); registration calls it once per pyramid level
+(`DiffRegLogic.registration.engine.reweighted_level`, constant
+`REGISTRATION_TUKEY_C`), while a measure from `configure_measure` with
+``robust="tukey"`` re-estimates the weights at every call:
 
 1. fit the X-ray as an affine function of the DRR, ``x ~ alpha + beta d``,
    by weighted least squares over the mask (`affine_fit`), iterated
@@ -40,13 +43,13 @@ from ..errors import InputError
 from .measure import Measure, as_measure
 
 TUKEY_C = 4.685
+"""Tukey biweight constant, in robust standard deviations (95 % efficiency for Gaussian residuals)."""
 REGISTRATION_TUKEY_C = 20.0
 """The constant registration weighs with (once per pyramid level, `registration.engine.reweighted_level`): only
 gross outliers (metal, anatomy the CT lacks) lose their weight. Measured on the phantom's bench (6 seeded starts
 within 10 deg / 20 mm, 128 px, with the footprint mask): instruments / truncation succeeded 4/6 / 3/6 with 4.685,
 5/6 / 5/6 with 10 and 6/6 / 6/6 with 20; near the answer a constant of 4.685 also rejects the edges a few tenths
 of a millimetre off, which hold the pose."""
-"""Tukey biweight constant, in robust standard deviations (95 % efficiency for Gaussian residuals)."""
 MAD_TO_SIGMA = 1.4826
 """Median absolute deviation -> standard deviation of a Gaussian (1 / Phi^-1(3/4))."""
 IRLS_ITERATIONS = 3

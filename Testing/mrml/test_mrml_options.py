@@ -41,6 +41,7 @@ def test_search_and_robust_settings_become_registration_options(scene):
     ("searchTranslation", -1.0, "Search translation range"),
     ("tubeVoltage", 50.0, "Tube voltage"),
     ("filtrationMmAl", 25.0, "Added filtration"),
+    ("tubeVoltage", 85.0, "60, 70, ..., 120 kVp"),
 ])
 def test_out_of_range_panel_numbers_name_their_field(scene, field, value, label):
     ct, xr, truth, volume, detector = simulated_case(scene)

@@ -94,3 +94,21 @@ def test_unstated_convention_is_detected_and_reported(scene, stored, expected):
     # a stated convention is taken as stated: nothing detected
     setup.xrayIntensity = "line_integral"
     assert "intensity_detected" not in mrml.read_inputs(setup).xray.meta
+
+
+def test_the_first_xray_as_second_view_is_refused(scene):
+    ct, xr1, xr2, volume, truth1, truth2 = _two_views(scene)
+    setup = base_setup(ct, xr1, secondXrayVolume=xr1, secondAnglesFromXray=False)
+    with pytest.raises(InputError, match="second X-ray .* is the input X-ray itself"):
+        mrml.run_registration(scene, setup)
+    assert setup.outputTransform is None
+
+
+def test_a_transform_start_without_dicom_angles_cannot_relate_the_views(scene):
+    ct, xr1, xr2, volume, truth1, truth2 = _two_views(scene)
+    start = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "start")
+    mrml.set_transform_matrix(start, mrml.transform_from_pose(truth1, "C-arm in patient", ct))
+    setup = base_setup(ct, xr1, initialPoseMode="transform", initialTransform=start, secondXrayVolume=xr2,
+                       secondAnglesFromXray=False, secondPrimaryAngle=SECOND_PRIMARY)
+    with pytest.raises(InputError, match="first X-ray's DICOM C-arm angles"):
+        mrml.run_registration(scene, setup)

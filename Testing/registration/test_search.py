@@ -214,3 +214,27 @@ def test_bad_input_is_refused_with_a_message(small):
         search_motions(0, 45.0, 60.0, 0)
     with pytest.raises(InputError, match="search_rotation_deg"):
         search_motions(4, float("nan"), 60.0, 0)
+
+
+def test_with_the_footprint_mask_candidates_are_scored_within_the_footprint(small):
+    """footprint_mask=True: each kept similarity = numpy's correlation over the CT's footprint at that pose."""
+    from DiffRegLogic.drr.footprint import footprint_mask
+    from DiffRegLogic.volume.ct import Volume
+
+    volume = small["volume"]
+    k = volume.mu.shape[0]
+    short = Volume(volume.mu[k // 4: 3 * k // 4].contiguous(), volume.affine.clone())  # S-I cut: two cut faces
+    short.affine[:3, 3] = volume.affine[:3, :3] @ torch.tensor([0.0, 0.0, k // 4], dtype=torch.float64) \
+        + volume.affine[:3, 3]
+    opts = make_options(levels=(4.0, 2.0), search_candidates=32, search_keep=3, seed=3, footprint_mask=True)
+    start = small["target"]
+    found = wide_search(short, small["xray"], small["detector"], None, start, opts, "zncc", method="sobol",
+                        polish_iterations=0)
+    level_det = small["detector"].downsample(4.0)
+    level_xray = small["xray"].double().reshape(16, 4, 16, 4).mean(dim=(1, 3)).flatten().numpy()
+    level_ct = short.downsample(volume_factor(short, level_det, source_to_center(start, small["center"])))
+    for pose, similarity in zip(found.poses, found.similarities):
+        inside = footprint_mask(level_ct, level_det, pose, exclude_cut_faces=True)[0].flatten().numpy() > 0
+        assert 0 < inside.sum() < inside.size  # the footprint leaves pixels out
+        drr = render(level_ct, level_det, pose)[0].double().flatten().numpy()
+        assert float(similarity) == pytest.approx(np.corrcoef(drr[inside], level_xray[inside])[0, 1], abs=1e-6)
