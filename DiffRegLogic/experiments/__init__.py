@@ -31,6 +31,8 @@ REALISM_VARIANTS: dict[str, dict] = {
     "matched": {"model": "matched"},
     "real": {"robust": "tukey", "footprint_mask": True, "model": "matched"},
     "real_scatter": {"robust": "tukey", "footprint_mask": True, "nuisance": "scatter", "model": "matched"},
+    "mi": {"similarity": "mi"},
+    "real_mi": {"similarity": "mi", "robust": "tukey", "footprint_mask": True, "model": "matched"},
     "robust": {"robust": "tukey", "footprint_mask": True},
     "scatter": {"nuisance": "scatter"},
     "robust_scatter": {"robust": "tukey", "footprint_mask": True, "nuisance": "scatter"},
