@@ -160,33 +160,26 @@ def crossed_cases() -> dict[str, t.Case]:
         "pose --ct": lambda f, p: t.pose_argv(f, ct=p),
         "experiment robustness --ct": lambda f, p: t.robustness_argv(f, ct=p),
     }
-    for flag, build in ct_flags.items():
-        for name, make in t.BAD_CTS.items():
-            cases[f"{flag}: {name}"] = lambda f, b=build, m=make: b(f, m(f))
     xray_flags = {
         "register --xray": lambda f, p: t.register_argv(f, xray=p),
         "experiment robustness --xray": lambda f, p: t.robustness_argv(f, xray=p),
     }
-    for flag, build in xray_flags.items():
-        for name, make in t.BAD_XRAYS.items():
-            cases[f"{flag}: {name}"] = lambda f, b=build, m=make: b(f, m(f))
     geometry_flags = {
         "render --geometry": lambda f, p: t.render_argv(f, geometry=p),
         "register --geometry": lambda f, p: t.register_argv(f, geometry=p),
         "experiment robustness --geometry": lambda f, p: t.robustness_argv(f, geometry=p),
     }
-    for flag, build in geometry_flags.items():
-        for name, make in t.BAD_GEOMETRIES.items():
-            cases[f"{flag}: {name}"] = lambda f, b=build, m=make: b(f, m(f))
     pose_flags = {
         "render --pose": lambda f, p: t.render_argv(f, pose=p),
         "register --init": lambda f, p: t.register_argv(f, init=p),
         "register --truth": lambda f, p: t.register_argv(f, truth=p),
         "experiment robustness --truth": lambda f, p: t.robustness_argv(f, truth=p),
     }
-    for flag, build in pose_flags.items():
-        for name, make in t.BAD_POSES.items():
-            cases[f"{flag}: {name}"] = lambda f, b=build, m=make: b(f, m(f))
+    for flags, bad in ((ct_flags, t.BAD_CTS), (xray_flags, t.BAD_XRAYS), (geometry_flags, t.BAD_GEOMETRIES),
+                       (pose_flags, t.BAD_POSES)):  # each flag with each bad file of its kind
+        for flag, build in flags.items():
+            for name, make in bad.items():
+                cases[f"{flag}: {name}"] = lambda f, b=build, m=make: b(f, m(f))
     json_flags = {**t.JSON_FLAGS, **{k: v for k, v in {**geometry_flags, **pose_flags}.items() if k not in t.JSON_FLAGS}}
     for flag, build in json_flags.items():
         for content, make in t.JSON_CONTENTS.items():

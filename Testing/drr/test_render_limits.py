@@ -129,7 +129,6 @@ _KERNEL_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not fused_cpu.AVAILABLE, reason="numba is not installed")
 def test_fused_kernels_return_on_extreme_and_non_finite_rays():
     """Called directly (no Detector, no clipping): every loop is bounded by the planes or samples of the box.
 
@@ -145,7 +144,6 @@ def test_fused_kernels_return_on_extreme_and_non_finite_rays():
     assert done.returncode == 0 and "kernels returned" in done.stdout, done.stderr[-2000:]
 
 
-@pytest.mark.skipif(not fused_cpu.AVAILABLE, reason="numba is not installed")
 @pytest.mark.parametrize("step", [0.0, float("nan"), -1.0, float("inf")])
 def test_fused_integrate_refuses_a_step_that_is_not_positive(tiny, step):
     from DiffRegLogic.drr.rays import detector_pixels, pixel_rays
