@@ -3,6 +3,7 @@
     diffreg demo     --out DIR                    # the main job on the built-in phantom
     diffreg register --ct CT --xray X --geometry G.json --init P.json --out R.json [--search wide]
                      [--xray X2 --geometry G2.json --init P2.json]   # a second view
+    diffreg train    --ct CT --geometry G.json --out MODEL.pt [--minutes 10]   # a pose network for register --model
     diffreg render   --ct CT --geometry G.json --pose P.json --out OUT
     diffreg experiment landscape|robustness|polychromatic|realism --out DIR [--n N --max-rot 45 --max-trans 60]
     diffreg pose     --ct CT --clinical PRIMARY SECONDARY --source-to-isocenter 600 --out P.json
@@ -18,7 +19,10 @@ The error contract, for every command:
   place only when the command succeeded, so a failure leaves nothing;
 * SIGINT (Ctrl-C) and SIGTERM end the command with one ``error:
   interrupted`` line, status 130 or 143, and no partial outputs
-  (experiments keep the rows already finished and say where);
+  (experiments keep the rows already finished and say where; ``train``
+  keeps its last checkpoint in ``--out``, rewritten atomically during the
+  run, so that ``--resume`` can continue it, and says so; an error after a
+  checkpoint leaves that checkpoint);
 * the file system refusing (a name too long, a full disk, no permission)
   is one ``error: cannot use ...`` line, status 2;
 * anything else is a bug: one ``error: internal error ...`` line naming the
@@ -43,9 +47,9 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import InputError
-from . import demo, experiment, pose, register, render
+from . import demo, experiment, pose, register, render, train
 
-COMMANDS = (demo, register, experiment, render, pose)
+COMMANDS = (demo, register, train, experiment, render, pose)
 """One module per command, each with ``add_parser(subparsers)``, ``check(args) -> Outputs`` and
 ``run(args, outputs) -> int``."""
 
@@ -134,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if argv is None:  # nothing runs after this but the exit: leave the collection of what is left to the OS
             _program_run = False
-            gc.freeze()
+            if "triton" not in sys.modules:  # triton's bindings report every object still alive at exit as leaked
+                gc.freeze()
             gc.enable()
 
 
@@ -196,7 +201,8 @@ def _run(argv: Sequence[str] | None) -> int:
         except KeyboardInterrupt as exc:
             number = getattr(exc, "signal", signal.SIGINT)
             kept = getattr(exc, "kept", None)
-            what = f"the rows finished so far are in {kept}" if kept else "no output was written"
+            what = getattr(exc, "kept_message", None) or (
+                f"the rows finished so far are in {kept}" if kept else "no output was written")
             _error(f"interrupted ({signal.Signals(number).name}) during '{command}'; {what}")
             return EXIT_SIGNAL[number]
         except Exception as exc:  # a bug: one line, the traceback only when asked for

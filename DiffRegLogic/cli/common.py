@@ -165,3 +165,14 @@ def pose_reports(estimates: Sequence[torch.Tensor], truth: torch.Tensor, volume:
         "rotation_error_deg": float(evaluation.rotation_error_deg(estimate, truth)),
         "translation_error_mm": float(evaluation.translation_error_mm(estimate, truth, center)),
     } for estimate in estimates]
+
+
+def network_report(model, network, hypotheses, truth, volume, detector) -> dict:
+    """The result's ``network``: the model, its pose (hypothesis 0), the hypotheses, the time, errors vs the truth."""
+    entry = {"model": str(model), "camera_from_world": hypotheses[0].tolist(),
+             "hypotheses": [h.tolist() for h in hypotheses], "seconds": round(network.last_seconds, 4),
+             "trained_on": {"image_size": int(network.info.image_size),
+                            "validation": getattr(network.info, "validation", None)}}
+    if truth is not None:
+        entry["error"] = pose_reports([hypotheses[0]], truth, volume, detector)[0]
+    return entry

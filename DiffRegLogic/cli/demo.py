@@ -10,11 +10,23 @@ FILES = ["result.json", "before_after.png", "checkerboard.png", "loss_curve.png"
          "start.png", "registered.png", "target.npy", "geometry.json", "target_pose.json", "start_pose.json",
          "registered_pose.json"]
 """What ``diffreg demo`` writes into its folder."""
+AUTO_FILES = FILES + ["model.pt"]
+"""What ``diffreg demo --auto`` writes: the same, plus the pose network it trained."""
+AUTO_MINUTES = 2.0
+"""``--auto``: minutes of training of the small pose network on the phantom (about two on a laptop CPU)."""
+AUTO_RANGE = (20.0, 30.0)
+"""``--auto``: the training poses' range (deg, mm) about the demo's AP view (its target is 9 deg from it)."""
+AUTO_IMAGE_SIZE = 64
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="register the built-in phantom from a perturbed start; write result and overlays")
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
+    p.add_argument("--auto", action="store_true",
+                   help="no start pose: train a small pose network on the phantom's DRRs first (about two minutes "
+                        "on a laptop CPU), then register from its prediction; writes model.pt too")
+    p.add_argument("--train-minutes", type=float, default=AUTO_MINUTES,
+                   help=f"--auto: training budget in minutes (default {AUTO_MINUTES:g})")
     add_engine_options(p)
     add_physics_options(p)
     add_registration_options(p)
@@ -28,9 +40,48 @@ def check(args):
     from .options import registration_options
 
     registration_options(args)
+    if not (0 < args.train_minutes < 1e5):
+        from ..errors import InputError
+
+        raise InputError(f"--train-minutes must be a positive number of minutes, got {args.train_minutes:g}")
     outputs = Outputs()
-    outputs.folder(args.out, "--out", FILES)
+    outputs.folder(args.out, "--out", AUTO_FILES if args.auto else FILES)
     return outputs
+
+
+def train_demo_network(args, volume, detector, center, tracer):
+    """``--auto``: a small pose network trained on the phantom about the demo's AP view.
+
+    Returns (the initialiser, (the model file's bytes, training seconds)).
+    """
+    import tempfile
+    import time
+    from dataclasses import replace
+
+    from ..experiments.demo import DEMO_SOURCE_TO_ISOCENTER_MM
+    from ..learning.inference import PoseNetworkInitializer
+    from ..learning.networks import PoseNetConfig
+    from ..learning.poses import PoseRange, reference_view
+    from ..learning.trainer import TrainConfig, train
+
+    reference = reference_view(volume, detector, DEMO_SOURCE_TO_ISOCENTER_MM)
+    rot, trans = AUTO_RANGE
+    config = TrainConfig(network=PoseNetConfig(image_size=AUTO_IMAGE_SIZE, backbone="small",
+                                               max_translation_mm=(trans,) * 3),
+                         pose_range=PoseRange((rot,) * 3, (trans,) * 3), minutes=args.train_minutes,
+                         seed=args.seed, renderer=tracer)
+    config = replace(config, device=str(volume.mu.device))
+    print(f"training a small pose network on the phantom's DRRs ({args.train_minutes:g} min, {AUTO_IMAGE_SIZE} px, "
+          f"+-{rot:g} deg / +-{trans:g} mm about the AP view)", flush=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="diffreg-demo-") as folder:  # the model joins the outputs at the end
+        path = f"{folder}/model.pt"
+        train(volume, detector, reference, config, checkpoint_path=path, bar=not args.quiet)
+        seconds = time.perf_counter() - t0
+        network = PoseNetworkInitializer.from_file(path, volume, detector, device=volume.mu.device)
+        with open(path, "rb") as f:
+            data = f.read()
+    return network, (data, seconds)
 
 
 def run(args, outputs=None) -> int:
@@ -46,6 +97,7 @@ def run(args, outputs=None) -> int:
     from ..geometry.files import detector_to_dict, pose_to_dict, write_json
     from ..geometry.motions import pose_difference
     from ..registration.engine import register
+    from ..registration.initializers import FixedPose
     from ..similarity.metrics import image_metrics
     from ..volume.phantoms import chest_phantom
     from ..xray.files import write_image
@@ -65,6 +117,13 @@ def run(args, outputs=None) -> int:
     detector = demo_detector()
     center = volume.center.cpu().to(torch.float64)
     target, start = demo_poses(center)
+    network = None
+    if args.auto:
+        with torch.no_grad():
+            xray = render(volume, detector, target, tracer, **options.render_options())[0]
+        network, model_file = train_demo_network(args, volume, detector, center, tracer)
+        hypotheses = network(xray, detector, volume)
+        start = hypotheses[0]
     with torch.no_grad():
         drrs = render(volume, detector, torch.stack([target, start]), tracer, **options.render_options())
     xray, moving = drrs[0], drrs[1]
@@ -73,7 +132,8 @@ def run(args, outputs=None) -> int:
     print(f"X-ray: a DRR of the phantom at the target pose ({detector.rows}x{detector.cols}); start "
           f"{offset['rotation_deg']:.1f} deg / {offset['translation_mm']:.1f} mm away; registering "
           f"({args.optimizer}, {args.similarity}, {args.renderer} on {device})", flush=True)
-    result = register(volume, xray, detector, start, options, callback=progress_printer(args.quiet))
+    result = register(volume, xray, detector, start if network is None else FixedPose(hypotheses), options,
+                      callback=progress_printer(args.quiet))
     with torch.no_grad():
         final = render(volume, detector, result.pose, tracer, **options.render_options())[0]
     fixed, before, after = xray.cpu().numpy(), moving.cpu().numpy(), final.cpu().numpy()
@@ -92,7 +152,7 @@ def run(args, outputs=None) -> int:
         "image_metrics_before": image_metrics(drrs[1], xray),
         "image_metrics_after": image_metrics(final, xray),
         "seconds": {"phantom": round(t_phantom, 3), "registration": round(result.seconds, 3)},
-        "files": FILES,
+        "files": AUTO_FILES if args.auto else FILES,
         "registration": {k: v for k, v in result.to_dict().items() if k != "trace"},
     }
     with outputs.staged() as stage:  # every file moved into the folder at the end, none if anything fails
@@ -113,6 +173,11 @@ def run(args, outputs=None) -> int:
         write_json(to("target_pose.json"), pose_to_dict(target))
         write_json(to("start_pose.json"), pose_to_dict(start))
         write_json(to("registered_pose.json"), pose_to_dict(result.pose))
+        if network is not None:
+            summary["start"] = "the pose network's prediction (model.pt), trained on the phantom's DRRs"
+            summary["network"] = {"seconds": round(network.last_seconds, 4), "hypotheses": len(hypotheses),
+                                  "training_seconds": round(model_file[1], 1), "validation": network.info.validation}
+            to("model.pt").write_bytes(model_file[0])
         write_json(to("result.json"), summary)
     state = "converged" if result.converged else f"stopped ({result.stop_reason})"
     print(f"registration {state} in {result.seconds:.1f} s, {result.iterations} iterations: "

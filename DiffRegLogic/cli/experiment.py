@@ -1,4 +1,9 @@
-"""``diffreg experiment landscape|robustness|polychromatic|realism``: the experiments as CSV, Markdown, PNG.
+"""``diffreg experiment landscape|robustness|polychromatic|realism|ablation``: the experiments as CSV, Markdown, PNG.
+
+``ablation`` trains the pose network once per row of the poster's Table 3
+(``--rows``, `DiffRegLogic.experiments.ABLATION_ROWS`) with the same budget
+(``--train-minutes`` or ``--train-steps``) and tests each on ``--n`` held-out
+DRRs (`DiffRegLogic.experiments.ablation_study`).
 
 ``realism`` registers simulated X-rays with documented degradations
 (``--presets``, `DiffRegLogic.physics.xray_simulation.PRESETS`) per
@@ -19,11 +24,12 @@ EXPERIMENT_FILES = {
                    "robustness.partial.csv"),
     "polychromatic": ("polychromatic.csv", "polychromatic.md", "polychromatic.png", "polychromatic.partial.csv"),
     "realism": ("realism.csv", "realism.md", "realism.png", "realism.partial.csv"),
+    "ablation": ("ablation.csv", "ablation_cases.csv", "ablation.md", "ablation.png", "ablation.partial.csv"),
 }
 """What each experiment writes into its ``--out`` folder (checked against the inputs before any work)."""
 NEAR_STARTS = (10.0, 20.0)
 """Start range (deg, mm) of the polychromatic and realism experiments: the model's accuracy, not the capture range."""
-DEFAULT_STARTS = {"robustness": 100, "polychromatic": 100, "realism": 10}
+DEFAULT_STARTS = {"robustness": 100, "polychromatic": 100, "realism": 10, "ablation": 20}
 """Random starts per experiment when ``--n`` is not given."""
 CONVENTION_MODES = ("known", "detect")
 """``--convention`` of the realism experiment (`DiffRegLogic.experiments.realism_study.CONVENTION_MODES`)."""
@@ -39,10 +45,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     from ..experiments import REALISM_VARIANTS
     from ..physics import REALISM_PRESETS
 
-    p.add_argument("kind", choices=["landscape", "robustness", "polychromatic", "realism"],
+    p.add_argument("kind", choices=["landscape", "robustness", "polychromatic", "realism", "ablation"],
                    help="polychromatic: a realistic simulated X-ray registered with mono- and polychromatic DRRs; "
                         "realism: X-rays with scatter, noise, instruments, truncation, processing... (--presets) "
-                        "registered per variant (--variants)")
+                        "registered per variant (--variants); ablation: the pose network's parts (--rows), each "
+                        "trained with the same budget and tested on --n held-out DRRs")
     p.add_argument("--out", required=True, help="output folder (CSV, Markdown, PNG)")
     p.add_argument("--ct", default=PHANTOM, help="CT file or 'phantom' (default)")
     p.add_argument("--xray", default=None, help="X-ray (default: a DRR of the CT at the true pose)")
@@ -74,6 +81,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="turn the stored image into a line integral from its known convention (default) or detect it")
     g.add_argument("--detector-pixels", type=int, default=None,
                    help="realism: resample the detector to this many pixels along its longer side (same field)")
+    from ..experiments import ABLATION_ROWS
+
+    a = p.add_argument_group("ablation experiment (the poses are sampled in --max-rot / --max-trans, default 45 / 60)")
+    a.add_argument("--rows", nargs="+", default=list(ABLATION_ROWS), metavar="ROW",
+                   help=f"rows (default: all): {' '.join(ABLATION_ROWS)}")
+    budget = a.add_mutually_exclusive_group()
+    budget.add_argument("--train-minutes", type=float, default=None, help="training budget per row, minutes (default 10)")
+    budget.add_argument("--train-steps", type=int, default=None, help="training steps per row instead of minutes")
+    a.add_argument("--image-size", type=int, default=128, help="network input side (default 128)")
+    a.add_argument("--backbone", choices=["efficientnet-b0", "small"], default="efficientnet-b0")
+    a.add_argument("--source-to-isocenter", type=float, default=None,
+                   help="reference AP view's source-to-CT-centre distance, mm (default: the demo's 600 for the "
+                        "phantom, else SDD / 2)")
+    a.add_argument("--hypotheses", type=int, default=4, help="network poses handed to the refinement (default 4)")
     add_engine_options(p)
     add_physics_options(p)
     add_hu_options(p)
@@ -91,7 +112,9 @@ def check(args):
         raise InputError(f"the {args.kind} experiment simulates its X-ray; drop --xray")
     if args.kind == "realism":
         _check_realism(args)
-    elif args.detector_pixels is not None:
+    elif args.kind == "ablation":
+        _check_ablation(args)
+    if args.kind != "realism" and args.detector_pixels is not None:
         raise InputError("--detector-pixels is for the realism experiment; give a --geometry of that size instead")
     if args.implant:
         raise InputError("--implant needs a label map (--labels), which the experiments do not take; "
@@ -136,6 +159,34 @@ def _check_realism(args) -> None:
         check_number("--detector-pixels", args.detector_pixels, 4, MAX_DETECTOR_SIDE, integer=True)
 
 
+def _check_ablation(args) -> None:
+    """The ablation experiment's own arguments (torch-free)."""
+    from ..experiments import ABLATION_ROWS
+    from ..limits import check_number
+
+    for row in args.rows:
+        if row not in ABLATION_ROWS:
+            raise InputError(f"unknown ablation row {row!r} (--rows); choose from {' '.join(ABLATION_ROWS)}")
+    if len(set(args.rows)) != len(args.rows):
+        raise InputError(f"--rows lists a row twice: {' '.join(args.rows)}")
+    if args.renderer == POLYCHROMATIC:
+        raise InputError("the ablation trains on monochromatic DRRs; use --renderer siddon or trilinear")
+    if args.xray is not None or args.truth is not None:
+        raise InputError("the ablation renders its own held-out X-rays at known poses; drop --xray and --truth")
+    if args.train_minutes is not None:
+        check_number("--train-minutes", args.train_minutes, 0.0, 1e5, low_open=True, unit="min")
+    if args.train_steps is not None:
+        check_number("--train-steps", args.train_steps, 1, 10**8, integer=True)
+    if args.image_size < 32 or args.image_size % 32 or args.image_size > 1024:
+        raise InputError(f"--image-size must be a multiple of 32 from 32 to 1024, got {args.image_size}")
+    if args.max_trans is not None and not args.max_trans > 0:
+        raise InputError("--max-trans must be positive for the ablation: the network's translation output is scaled "
+                         "by it")
+    if args.source_to_isocenter is not None:
+        check_number("--source-to-isocenter", args.source_to_isocenter, 0.0, 1e5, low_open=True, unit="mm")
+    check_number("--hypotheses", args.hypotheses, 1, 64, integer=True)
+
+
 def n_starts(args) -> int:
     """``--n``, else the experiment's default (`DEFAULT_STARTS`); the namespace is not changed."""
     return DEFAULT_STARTS.get(args.kind, 100) if args.n is None else args.n
@@ -146,7 +197,7 @@ def start_range(args) -> tuple[float, float]:
 
     Computed, not written back into ``args``: the namespace the user passed stays as given.
     """
-    near = args.kind in ("polychromatic", "realism")
+    near = args.kind in ("polychromatic", "realism")  # the ablation samples its poses in the seed paper's range
     rot, trans = NEAR_STARTS if near else WIDE_STARTS
     return (rot if args.max_rot is None else args.max_rot, trans if args.max_trans is None else args.max_trans)
 
@@ -161,7 +212,7 @@ def _case(args, device):
     from .common import dtype_of, hu_conversion, load_ct, model
 
     volume = load_ct(args.ct, hu_conversion(args), dtype_of(args.dtype)).to(device)
-    simulated = args.kind in ("polychromatic", "realism")
+    simulated = args.kind in ("polychromatic", "realism", "ablation")
     if not simulated:
         volume, _ = model(args, volume)
     center = volume.center.to(torch.float64).cpu()
@@ -209,7 +260,9 @@ def run(args, outputs=None) -> int:
                   max_iterations=args.iterations, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb)
     with outputs.staged() as stage:  # the folder is removed again if the experiment fails before writing to it
         stage.folder(out)
-        if args.kind == "realism":
+        if args.kind == "ablation":
+            report = _ablation(args, volume, detector, out, ct_name)
+        elif args.kind == "realism":
             report = experiments.realism(volume, detector, truth, out, presets=tuple(args.presets),
                                          variants=tuple(args.variants), n=n_starts(args), max_rotation_deg=max_rot,
                                          max_translation_mm=max_trans, seed=args.seed, options=common,
@@ -235,6 +288,32 @@ def run(args, outputs=None) -> int:
     written = sorted(str(v) for v in _paths(report))
     print("wrote " + ", ".join(written))
     return 0
+
+
+def _ablation(args, volume, detector, out, ct_name):
+    """Run the ablation experiment with the command line's training settings."""
+    from argparse import Namespace
+    from dataclasses import replace
+
+    from .. import experiments
+    from ..experiments.demo import DEMO_SOURCE_TO_ISOCENTER_MM
+    from ..learning.poses import reference_view
+    from .train import train_config
+
+    max_rot, max_trans = start_range(args)
+    minutes = args.train_minutes if args.train_minutes is not None or args.train_steps is not None else 10.0
+    train_args = Namespace(image_size=args.image_size, backbone=args.backbone, no_decoder=False, no_attention=False,
+                           no_positional_embedding=False, rotation="6d", max_rot=max_rot, max_trans=max_trans,
+                           batch_size=16, steps=args.train_steps, minutes=minutes, pose_loss="poster",
+                           no_incremental=False, seed=args.seed, renderer=args.renderer, pool_images=None, lr=None,
+                           no_augmentation=False)
+    config = replace(train_config(train_args), device=str(volume.mu.device))
+    distance = args.source_to_isocenter
+    if distance is None and args.ct == PHANTOM and args.geometry is None:
+        distance = DEMO_SOURCE_TO_ISOCENTER_MM
+    reference = reference_view(volume, detector, distance)
+    return experiments.ablation(volume, detector, reference, out, config, rows=tuple(args.rows), n=n_starts(args),
+                                seed=args.seed, hypotheses=args.hypotheses, ct_name=ct_name)
 
 
 def _paths(report) -> list:

@@ -39,6 +39,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, action="append",
                    help="initial pose JSON, once per --xray, all in the CT's world (default: each DICOM X-ray's "
                         "C-arm angles about the CT centre); the views' relation is that of their initial poses")
+    p.add_argument("--model", default=None,
+                   help="pose network from diffreg train (MODEL.pt): it predicts the start from the X-ray (no --init)")
+    p.add_argument("--model-hypotheses", type=int, default=4,
+                   help="network poses handed to the multi-start (its prediction plus test-time augmented ones; "
+                        "default 4)")
     p.add_argument("--truth", default=None, help="true pose JSON of view 1, to report mTRE and pose errors (optional)")
     p.add_argument("--out", required=True, help="result JSON: camera_from_world plus the result fields")
     p.add_argument("--overlay", default=None, help="PNG: DRR edges over the X-ray before and after (optional)")
@@ -113,6 +118,17 @@ def check(args):
         if given and len(given) != n:
             raise InputError(f"{n} X-ray(s) (--xray) but {len(given)} --{option}: give one {what} per X-ray, in "
                              f"the order of the --xray options, or none (DICOM X-rays carry their own)")
+    if args.model is not None:
+        if not Path(args.model).is_file():
+            raise InputError(f"model file not found: {args.model} (make one with diffreg train)")
+        if args.init:
+            raise InputError("--model predicts the start pose from the X-ray: leave out --init (or --model)")
+        if n > 1:
+            raise InputError("--model takes one X-ray: the network predicts one view's pose")
+        if any(text != "none" for text in (args.crop or ["none"])):
+            raise InputError("--model needs the whole X-ray on the detector it was trained for: leave out --crop")
+        if not 1 <= args.model_hypotheses <= 64:
+            raise InputError(f"--model-hypotheses must be from 1 to 64, got {args.model_hypotheses}")
     for path in args.xray:
         if not Path(path).exists():
             raise InputError(f"X-ray file not found: {path}")
@@ -122,7 +138,7 @@ def check(args):
             if path is not None and not Path(path).exists():
                 raise InputError(f"{what} file not found: {path}")
     registration_options(args)  # every registration setting, checked before any work (torch-free)
-    outputs = Outputs([args.ct, *args.xray, *(args.geometry or []), *(args.init or []), args.truth])
+    outputs = Outputs([args.ct, *args.xray, *(args.geometry or []), *(args.init or []), args.truth, args.model])
     for option in ("out", "drr", "overlay", "curve"):
         outputs.file(getattr(args, option), f"--{option}")
     return outputs
@@ -179,19 +195,31 @@ def _check_contrast(xray, label: str) -> None:
 
 
 def _read_inputs(args, device):
-    """X-rays, detectors, the CT volume, each view's start pose (4, 4) and view 1's true pose."""
+    """X-rays, detectors, the CT volume, each view's start pose (4, 4), view 1's true pose and the pose network.
+
+    With ``--model`` the start is the network's reference view until the
+    network has seen the X-ray (its intensity convention resolved first).
+    """
     from ..geometry.files import read_pose
     from ..registration.initializers import ClinicalAngles, FixedPose, initial_poses
     from .common import dtype_of, hu_conversion, load_ct, model
 
     views = [_read_view(args, k, crop) for k, crop in enumerate(view_crops(args))]
-    volume = model(args, load_ct(args.ct, hu_conversion(args), dtype_of(args.dtype)))[0].to(device)
-    starts = []
+    ct = load_ct(args.ct, hu_conversion(args), dtype_of(args.dtype))
+    volume = model(args, ct)[0].to(device)
+    starts, network = [], None
     for k, (xray, detector) in enumerate(views):
-        start = FixedPose(read_pose(args.init[k])) if args.init else ClinicalAngles.from_xray(xray)
+        if args.model is not None:  # the network's reference view until the network has seen the X-ray
+            from ..learning.inference import PoseNetworkInitializer
+
+            network = PoseNetworkInitializer.from_file(args.model, ct, detector,  # trained on the plain CT
+                                                       hypotheses=args.model_hypotheses, device=device)
+            start = FixedPose(network.reference_pose)
+        else:
+            start = FixedPose(read_pose(args.init[k])) if args.init else ClinicalAngles.from_xray(xray)
         starts.append(initial_poses(start, xray, detector, volume)[0])
     truth = read_pose(args.truth) if args.truth is not None else None
-    return [v[0] for v in views], [v[1] for v in views], volume, starts, truth
+    return [v[0] for v in views], [v[1] for v in views], volume, starts, truth, network
 
 
 def _resolve_intensity(xray, detector, volume, pose, options):
@@ -220,7 +248,7 @@ def _check_footprints(volume, xrays, detectors, starts, args) -> None:
             raise InputError(
                 f"at its start pose the CT's footprint covers none of {_label(args, k)}: no ray through its pixels "
                 "crosses the CT (a truncated CT, or the X-ray of another body part, or a wrong initial pose); check "
-                "--init (or the DICOM angles), --geometry and the CT"
+                "--init (or the DICOM angles, or the pose network of --model), --geometry and the CT"
             )
 
 
@@ -235,10 +263,12 @@ def run(args, outputs=None) -> int:
     from ..figures import composites
     from ..geometry.files import detector_to_dict, write_json
     from ..registration.engine import register
+    from ..learning.inference import network_start
+    from ..registration.initializers import FixedPose
     from ..registration.views import register_views, views_from_starts
     from ..similarity.metrics import image_metrics
     from ..xray.files import write_image
-    from .common import device_of, loss_curve, pose_reports, progress_printer
+    from .common import device_of, loss_curve, network_report, pose_reports, progress_printer
     from .options import registration_options
     from .app import imports_done
 
@@ -249,12 +279,18 @@ def run(args, outputs=None) -> int:
     device = device_of(args)
     options = registration_options(args)
     t = time.perf_counter()
-    xrays, detectors, volume, starts, truth = _read_inputs(args, device)
+    xrays, detectors, volume, starts, truth, network = _read_inputs(args, device)
     _check_footprints(volume, xrays, detectors, starts, args)
-    detected = []
+    detected, hypotheses = [], None
     for k in range(len(xrays)):
         before = xrays[k].meta.get("intensity_source")
-        xrays[k] = _resolve_intensity(xrays[k], detectors[k], volume, starts[k], options)
+        if network is not None:  # the network's poses: hypothesis 0 is the start reported, all K the multi-start
+            xrays[k], hypotheses = network_start(network, xrays[k], detectors[k], volume, options.renderer,
+                                                 **options.render_options())
+            starts[k] = hypotheses[0]
+            _check_footprints(volume, xrays, detectors, starts, args)
+        else:
+            xrays[k] = _resolve_intensity(xrays[k], detectors[k], volume, starts[k], options)
         detected.append(None if before != "default" else
                         xrays[k].meta.get("intensity_detected", xrays[k].meta.get("intensity")))
         _check_contrast(xrays[k], _label(args, k))
@@ -271,7 +307,8 @@ def run(args, outputs=None) -> int:
           f"{options.renderer} on {device})", flush=True)
     t = time.perf_counter()
     if len(xrays) == 1:
-        result = register(volume, images[0], detectors[0], starts[0], options, mask=masks[0],
+        result = register(volume, images[0], detectors[0], starts[0] if hypotheses is None else FixedPose(hypotheses),
+                          options, mask=masks[0],
                           callback=progress_printer(args.quiet))
         view_poses, relations = result.pose[None], [torch.eye(4, dtype=torch.float64)]
     else:
@@ -316,6 +353,9 @@ def run(args, outputs=None) -> int:
         for entry, det, rel, start, pose in zip(views_report, detectors, relations, initials, view_poses):
             entry["error_initial"], entry["error"] = pose_reports([start, pose], rel @ truth, volume, det)
     report["views"] = views_report
+    if network is not None:
+        report["initial_camera_from_world"] = starts[0].tolist()  # the network's pose, as the issue asks
+        report["network"] = network_report(args.model, network, hypotheses, truth, volume, detectors[0])
     # every output is written only now, after the registration succeeded, and moved into place together
     with outputs.staged() as stage:
         if args.drr is not None:
@@ -333,6 +373,8 @@ def run(args, outputs=None) -> int:
             f"{result.iterations} iterations, {result.seconds:.1f} s")
     if truth is not None:
         line += f"; mTRE {report['error_initial']['mtre_mm']:.2f} -> {report['error']['mtre_mm']:.2f} mm"
+    if network is not None:
+        line += f"; start from the pose network ({network.last_seconds * 1000:.0f} ms, {len(hypotheses)} hypotheses)"
     if result.search:
         line += f"; wide search: {result.search.get('candidates')} candidate poses"
     detected = [x.meta.get("intensity_detected") for x in xrays if x.meta.get("intensity_detected")]

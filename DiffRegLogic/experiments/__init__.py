@@ -13,6 +13,8 @@
   noise, blur, heel, instruments, truncation, processing, collimation,
   polychromatic physics; `physics.xray_simulation.PRESETS`), per
   registration variant (`VARIANTS`).
+* `ablation`: the pose network's parts (the MICCAI 2023 poster's Table 3),
+  each row trained with the same budget and tested on held-out DRRs.
 * `demo`: the scenario of ``diffreg demo`` (detector, target and start pose).
 
 Poses are camera_from_world (4, 4) (README, "Geometry"); a motion row is
@@ -43,12 +45,26 @@ REALISM_VARIANTS: dict[str, dict] = {
 """Built-in registration variants of `realism` (torch-free, for the command line): name -> `make_options`
 settings applied on top of the experiment's options."""
 
+ABLATION_ROWS: dict[str, dict] = {
+    "A": {"decoder": False, "attention": False, "incremental": False},
+    "A+B": {"decoder": True, "attention": False, "incremental": False},
+    "A+C": {"decoder": False, "attention": True, "incremental": False},
+    "A+B+C": {"decoder": True, "attention": True, "incremental": False},
+    "[A+B+C]*": {"decoder": True, "attention": True, "incremental": True},
+    "[A+B+C]*+D": {"decoder": True, "attention": True, "incremental": True, "refine": "local"},
+    "[A+B+C]*+D+S": {"decoder": True, "attention": True, "incremental": True, "refine": "wide"},
+}
+"""`ablation` rows (torch-free, for the command line): row name -> the network switches (the positional
+embedding goes with the attention), incremental learning, and refinement: ``+D`` the registration from the
+network's poses, ``+D+S`` the same after a wide search about them (`ablation_study.SEARCH_ABOUT_NETWORK`)."""
+
 __getattr__, __dir__ = lazy_exports(__name__, {
     ".landscape_study": "landscape AXES RENDER_BATCH",
     ".robustness_study": "robustness ROBUSTNESS_COLUMNS MTRE_CURVE_MAX_MM",
     ".polychromatic_study": "polychromatic POLY_COLUMNS",
     ".realism_study": "realism VARIANTS REALISM_COLUMNS CONVENTION_MODES as_line_integral",
+    ".ablation_study": "ablation CASE_COLUMNS SUMMARY_COLUMNS SEARCH_ABOUT_NETWORK",
     ".common": "PLOT_SIZE N_TARGET_POINTS",
     ".demo": "DEMO_DETECTOR DEMO_SOURCE_TO_ISOCENTER_MM DEMO_TARGET_DEG DEMO_PERTURBATION demo_detector demo_poses",
 })
-__all__ = sorted(__getattr__.table) + ["REALISM_VARIANTS"]
+__all__ = sorted(__getattr__.table) + ["REALISM_VARIANTS", "ABLATION_ROWS"]

@@ -98,3 +98,20 @@ def test_experiment_interrupted_keeps_the_finished_rows(tmp_path, case):
     rows = list(csv.DictReader(kept.open()))
     assert 2 <= len(rows) < 40 and [int(r["start"]) for r in rows] == list(range(len(rows)))
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["robustness.partial.csv"]
+
+
+def test_train_interrupted_keeps_its_checkpoint(tmp_path, case):
+    flags = ["--ct", "phantom", "--geometry", str(case / "g.json"), "--out", "m.pt", "--steps", "100000",
+             "--image-size", "32", "--backbone", "small", "--pool-images", "16", "--batch-size", "4", "--max-rot",
+             "10", "--max-trans", "10", "--progress", "json"]
+    rc, out, err = _interrupt(["train", *flags], tmp_path, '"event": "progress"', signal.SIGTERM)
+    assert rc == 143, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == ("error: interrupted (SIGTERM) during 'diffreg train'; the last checkpoint is kept in m.pt "
+                        "(continue it with --resume)")
+    from DiffRegLogic.learning.checkpoint import load_pose_network
+
+    _, info = load_pose_network(tmp_path / "m.pt", chest_phantom())
+    assert info.step >= 10 and not info.complete  # at least the step of the first progress line (every 10 steps)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no temporary file beside it
