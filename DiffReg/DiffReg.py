@@ -19,7 +19,10 @@ import contextlib
 import importlib.util
 import logging
 import os
+import pathlib
+import shutil
 import sys
+import tempfile
 import unittest
 from typing import Annotated
 
@@ -49,6 +52,8 @@ from DiffRegLogic.mrml import settings  # noqa: E402  (no torch, no VTK; the res
 
 README_URL = "https://github.com/diffreg/diffreg#readme"
 TORCH_REQUIREMENT = ">=2.1"
+TRAINING_POLL_MS = 500
+"""How often the panel reads the training process's output (ms)."""
 
 
 #
@@ -69,8 +74,11 @@ class DiffReg(ScriptedLoadableModule):
             "Registers a CT volume to an intra-operative X-ray (2D/3D rigid registration) with a differentiable "
             "DRR renderer and gradient-based optimisation, coarse to fine.<br><br>"
             "Pick the CT (Hounsfield units) and the X-ray (a single-slice volume), check the C-arm geometry "
-            "(read from the X-ray's DICOM tags when present), give a start (C-arm angles or a transform), press "
-            "<b>Render DRR</b> to preview and <b>Register</b> to optimise.<br><br>"
+            "(read from the X-ray's DICOM tags when present), give a start (C-arm angles, a transform, or a pose "
+            "network trained on this CT), press <b>Render DRR</b> to preview and <b>Register</b> to optimise.<br><br>"
+            "<b>Train pose network</b> trains, in a background process, a network on DRRs of this CT around the "
+            "start view; with the start 'pose network (model file)' it predicts the start from the X-ray "
+            "itself.<br><br>"
             "Geometry convention: the output transform places the C-arm frame in patient RAS (source at the "
             "origin, +z along the principal ray towards the detector, +x along detector columns, +y along rows, "
             "mm); the CT does not move. The DRR and a copy of the X-ray lie on the detector plane under that "
@@ -116,6 +124,7 @@ class DiffRegParameterNode:
     primaryAngle: Annotated[float, WithinRange(-180.0, 180.0)] = 0.0
     secondaryAngle: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
     sourceToIsocenter: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0
+    poseModelPath: pathlib.Path = pathlib.Path()
     secondAnglesFromXray: bool = True
     secondPrimaryAngle: Annotated[float, WithinRange(-180.0, 180.0)] = 90.0
     secondSecondaryAngle: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
@@ -137,6 +146,14 @@ class DiffRegParameterNode:
     robust: Annotated[str, Choice(list(settings.ROBUST_WEIGHTS))] = "none"
     footprintMask: bool = False
     nuisance: Annotated[str, Choice(list(settings.NUISANCES))] = "none"
+    # training a pose network (background process)
+    trainingMinutes: Annotated[float, WithinRange(0.1, 10080.0)] = 10.0
+    trainingImageSize: Annotated[int, WithinRange(32, 1024)] = 128
+    trainingMaxRotation: Annotated[float, WithinRange(0.0, 180.0)] = 30.0
+    trainingMaxTranslation: Annotated[float, WithinRange(0.0, 1000.0)] = 40.0
+    trainingBackbone: Annotated[str, Choice(list(settings.BACKBONES))] = "efficientnet-b0"
+    trainingDevice: Annotated[str, Choice(list(settings.DEVICES))] = "auto"
+    trainingModelPath: pathlib.Path = pathlib.Path()
     # outputs
     transformMeaning: Annotated[str, Choice(list(settings.TRANSFORM_MEANINGS))] = settings.CARM_IN_PATIENT
     outputTransform: vtkMRMLLinearTransformNode
@@ -165,6 +182,9 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastOverlay = None
         self._chart = None
         self._runIterations = 1
+        self._trainingRun = None  # DiffRegLogic.mrml.TrainingRun while a training process runs
+        self._trainingNode = None  # the parameter node the training was started from
+        self._trainingTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -182,13 +202,28 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.showChartButton.connect("clicked(bool)", self.onShowChartButton)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTrainingButton)
         self.ui.cancelButton.enabled = False
+        self.ui.stopTrainingButton.enabled = False
         self.ui.progressBar.setValue(0)
+        self.ui.trainingProgressBar.setValue(0)
+
+        import qt  # the application's; imported here so that the module file loads without it (tests)
+
+        self._trainingTimer = qt.QTimer()
+        self._trainingTimer.setInterval(TRAINING_POLL_MS)
+        self._trainingTimer.connect("timeout()", self._onTrainingTimer)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if self._trainingTimer is not None:
+            self._trainingTimer.stop()
+        if self._trainingRun is not None:  # the module is closed (Slicer exits): end the process, keep its checkpoint
+            self._trainingRun.shutdown()  # waits for the checkpoint (kills after 10 s), removes the exported CT
+            self._trainingRun = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -256,8 +291,9 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.principalPointRowSpinBox.enabled = not node.principalPointAtCenter
         fromTransform = node.initialPoseMode == settings.POSE_FROM_TRANSFORM
         self.ui.initialTransformSelector.enabled = fromTransform
+        self.ui.poseModelPathLineEdit.enabled = node.initialPoseMode == settings.POSE_FROM_NETWORK
         for widget in (self.ui.primaryAngleSliderWidget, self.ui.secondaryAngleSliderWidget,
-                       self.ui.sourceToIsocenterSpinBox):
+                       self.ui.sourceToIsocenterSpinBox):  # with the network: the training's reference view
             widget.enabled = not fromTransform
         for widget in (self.ui.tubeVoltageSpinBox, self.ui.filtrationSpinBox):
             widget.enabled = node.polychromatic
@@ -272,6 +308,29 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.enabled = reason is None
             button.toolTip = reason or ""
         self.ui.readGeometryButton.enabled = node.xrayVolume is not None and not self._running
+        training = self._trainingRun is not None
+        reason = self._whyNotReadyToTrain(node)
+        self.ui.trainButton.enabled = reason is None
+        self.ui.trainButton.toolTip = reason or _("Train a pose network on DRRs of the CT in a background process")
+        self.ui.stopTrainingButton.enabled = training
+        for widget in (self.ui.trainingMinutesSpinBox, self.ui.trainingImageSizeSpinBox,
+                       self.ui.trainingMaxRotationSpinBox, self.ui.trainingMaxTranslationSpinBox,
+                       self.ui.trainingBackboneComboBox, self.ui.trainingDeviceComboBox,
+                       self.ui.trainingModelPathLineEdit):
+            widget.enabled = not training
+
+    def _whyNotReadyToTrain(self, node):
+        if self._trainingRun is not None:
+            return _("A training is running")
+        if node.inputVolume is None:
+            return _("Select the input CT volume")
+        if node.xrayVolume is None:
+            return _("Select the input X-ray: its size and the Geometry section give the detector to train for")
+        if not settings.path_is_set(node.trainingModelPath):
+            return _("Choose where to save the model (Save model as)")
+        if node.initialPoseMode == settings.POSE_FROM_TRANSFORM and node.initialTransform is None:
+            return _("Select the initial transform (the reference view), or start from C-arm angles")
+        return None
 
     def _whyNotReady(self, node):
         if self._running:
@@ -282,6 +341,8 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return _("Select the input X-ray")
         if node.initialPoseMode == settings.POSE_FROM_TRANSFORM and node.initialTransform is None:
             return _("Select the initial transform, or start from C-arm angles")
+        if node.initialPoseMode == settings.POSE_FROM_NETWORK and not settings.path_is_set(node.poseModelPath):
+            return _("Choose the pose network's model file under Initial pose, or train one")
         return None
 
     # ---- actions --------------------------------------------------------
@@ -317,7 +378,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                      after=result.similarity, iterations=result.iterations, seconds=result.seconds,
                      state=_("converged") if result.converged else (
                          _("cancelled") if result.cancelled else _("not converged")))
-            if done.notes:  # detected intensity conventions, the views' similarities, the wide search
+            if done.notes:  # the network's start, detected conventions, the views' similarities, the wide search
                 self.ui.resultsLabel.text += " · " + " · ".join(done.notes)
             self.ui.progressBar.setValue(100 if not result.cancelled else self.ui.progressBar.value)
             self._chart = done.chart
@@ -327,6 +388,60 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancelButton(self) -> None:
         self._cancelRequested = True
         self.ui.statusLabel.text = _("Cancelling: the best pose so far will be kept")
+
+    def onTrainButton(self) -> None:
+        """Export the inputs and start the training process; a timer then follows it (the GUI never waits)."""
+        node = self._parameterNode
+        with self._errorDisplay(_("Could not start the training."), waitCursor=True):
+            ensureDependencies(self.resourcePath("requirements.txt"))
+            modelPath = node.trainingModelPath
+            if os.path.isfile(modelPath) and not slicer.util.confirmOkCancelDisplay(
+                    _("{path} exists. Replace it with the new model?").format(path=modelPath)):
+                return
+            self.ui.trainingProgressBar.setValue(0)
+            self.ui.trainingStatusLabel.text = _("Exporting the CT and the geometry…")
+            slicer.app.processEvents()
+            self._trainingRun = self.logic.startTraining(node)
+            self._trainingNode = node
+            self.ui.trainingStatusLabel.text = self._trainingRun.monitor.status()
+            self._trainingTimer.start()
+            self._onParameterNodeModified()
+
+    def onStopTrainingButton(self) -> None:
+        if self._trainingRun is not None:
+            self._trainingRun.cancel()
+            self.ui.trainingStatusLabel.text = self._trainingRun.monitor.status()
+
+    def _onTrainingTimer(self) -> None:
+        """Every TRAINING_POLL_MS: the process's new output into the bar and the status line; its end."""
+        run = self._trainingRun
+        if run is None:
+            self._trainingTimer.stop()
+            return
+        try:
+            finished = run.poll()
+        except Exception:  # a timer slot must not raise: report and stop following the process
+            logging.exception("DiffReg: following the training process failed")
+            run.cancel()
+            finished = True
+        monitor = run.monitor
+        self.ui.trainingProgressBar.setValue(int(round(100 * monitor.fraction)))
+        self.ui.trainingStatusLabel.text = monitor.status()
+        if not finished:
+            return
+        self._trainingTimer.stop()
+        self._trainingRun = None
+        logging.info("DiffReg training: %s", monitor.status())
+        if monitor.state == "failed":
+            logging.warning("DiffReg training output (last lines):\n%s", "\n".join(monitor.lines))
+            slicer.util.errorDisplay(monitor.status(), detailedText="\n".join(monitor.lines))
+        saved, trained = monitor.saved_path(), self._trainingNode
+        self._trainingNode = None
+        if saved and monitor.state in ("done", "cancelled") and trained is not None \
+                and trained.parameterNode.GetScene() is not None:  # its scene was not closed meanwhile
+            trained.poseModelPath = pathlib.Path(saved)  # ready for the start 'pose network (model file)'
+        if self._parameterNode is not None:
+            self._onParameterNodeModified()
 
     def onShowChartButton(self) -> None:
         chart = self._chart or self.logic.lossChart(self._parameterNode)
@@ -539,6 +654,42 @@ class DiffRegLogic(ScriptedLoadableModuleLogic):
         done = self._runWithCpuFallback(parameterNode, run, confirmCpuRetry)
         logging.info("DiffReg: %s", done.message)
         return done
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """Slicer's Python for console processes (PythonSlicer), else this interpreter."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def startTraining(self, parameterNode, launch=None):
+        """Start ``diffreg train`` in a background process for the parameter node; returns its `TrainingRun`.
+
+        The CT, detector and reference view are written to a temporary
+        folder (removed when the process ended); the model goes to
+        ``trainingModelPath``. ``launch(argv, cwd) -> Popen`` (default:
+        ``slicer.util.launchConsoleProcess`` with Slicer's environment).
+        The caller polls the run (`TrainingRun.poll`); nothing here waits.
+        """
+        from DiffRegLogic import mrml
+
+        setup = settings.Setup.from_object(parameterNode)
+        mrml.check_training_fields(setup)
+        base = getattr(getattr(slicer, "app", None), "temporaryPath", None)
+        folder = tempfile.mkdtemp(prefix="DiffRegTraining-", dir=base if base and os.path.isdir(base) else None)
+        try:
+            files = mrml.export_training_inputs(setup, folder, self._fileForInstance)
+            command = mrml.training_command(self.pythonExecutable(), files.ct, files.geometry,
+                                            setup.trainingModelPath, setup, files.reference_pose)
+            logging.info("DiffReg: training: %s", " ".join(command))
+            if launch is None:
+                process = slicer.util.launchConsoleProcess(command, useStartupEnvironment=False,
+                                                           cwd=mrml.engine_root())
+            else:
+                process = launch(command, mrml.engine_root())
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        monitor = mrml.TrainingMonitor(os.path.abspath(setup.trainingModelPath))
+        return mrml.TrainingRun(process, monitor, cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))
 
     def lossChart(self, parameterNode):
         """The plot chart node of the last registration into the selected outputs (None before any)."""

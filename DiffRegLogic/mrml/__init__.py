@@ -43,6 +43,8 @@ C-arm model), `poses` (transform nodes <-> poses, the start initialiser),
 `checks` (the panel's nodes and numbers checked before any work, torch-free),
 `outputs` (output nodes, undone when a run fails), `overlay` (slice-view overlay), `actions` (render,
 register, retry on the CPU), `settings` (every panel setting, torch-free),
+`training` (the "Train pose network" section's inputs, command line and
+background process; importable without torch),
 `selftest` (the self-test scenario), `dependencies` (missing requirements,
 torch-free). Names are imported on first use: `settings` and
 `dependencies` need neither torch nor VTK.
@@ -55,7 +57,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
                  "transform_matrix set_transform_matrix",
     ".nodes": "voxels_of volume_from_node dicom_file_of xray_from_node write_volume_array",
     ".carm": "XRayGeometry geometry_from_xray fill_geometry detector_from_setup detector_plane_matrix carm_polydata",
-    ".poses": "transform_from_pose pose_from_transform TransformInitializer initializer_from_setup initial_pose",
+    ".poses": "transform_from_pose pose_from_transform TransformInitializer initializer_from_setup initial_pose "
+              "network_initializer",
     ".outputs": "ROLE_MOVING ROLE_FIXED ROLE_DRR ROLE_XRAY_COPY ROLE_MODEL ROLE_OVERLAY ROLE_TABLE ROLE_CHART "
                 "CARM_COLOR Outputs ensure_outputs place_outputs write_pose write_detector_images existing_outputs "
                 "loss_chart write_loss_curve DERIVED_ROLES restore_on_failure",
@@ -64,5 +67,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".actions": "Inputs read_inputs OutOfMemory with_cpu_fallback registration_options render_preview SceneResult "
                 "run_registration",
     ".settings": "Setup",
+    ".training": "TrainingFiles TrainingMonitor TrainingRun check_training_fields export_training_inputs "
+                 "training_command engine_root",
 })
 __all__ = sorted(__getattr__.table)

@@ -23,8 +23,8 @@ from .matrices import parent_to_world
 from .nodes import _write_volume, volume_from_node, xray_from_node
 from .outputs import (DERIVED_ROLES, Outputs, ensure_outputs, place_outputs, restore_on_failure,
                       write_detector_images, write_loss_curve, write_pose)
-from .poses import initial_pose
-from .settings import Setup
+from .poses import initial_pose, network_initializer
+from .settings import POSE_FROM_NETWORK, Setup
 from .views import second_view
 
 
@@ -38,6 +38,8 @@ class Inputs:
     pose: torch.Tensor  # initial camera_from_world (4, 4) float64
     ct_parent: Any = None  # (4, 4) the CT's parent-to-world when read: every pose is written against it
     second: Any = None  # registration.views.View of the second X-ray, or None
+    starts: Any = None  # (K, 4, 4) start hypotheses (the pose network's; ``pose`` is the first), or None
+    start_note: str | None = None  # where the start came from, when the results line should say so
 
     def detected(self) -> list[str]:
         """What was found where nothing stated an X-ray's intensity convention, one phrase per X-ray."""
@@ -70,30 +72,53 @@ def read_inputs(setup: Setup, file_for_instance: Callable[[str], str] | None = N
     The panel's choices and numbers and the output nodes are checked first
     (`DiffRegLogic.mrml.checks.check_setup`), then each node before its
     voxels are copied; InputError with the panel's message otherwise.
+
+    With the start mode "pose network (model file)" the model of
+    ``poseModelPath`` (which refuses another CT or detector) predicts the
+    start from the X-ray: ``starts`` holds its hypotheses (K, 4, 4), ``pose``
+    the first. Where nothing stated the X-ray's intensity convention, it is
+    detected as ``diffreg register --model`` does
+    (`DiffRegLogic.learning.inference.network_start`: at the reference view,
+    then again at the network's pose), so that the network sees the line
+    integrals it was trained on.
     """
     from ..devices import resolve_device
 
     check_setup(setup, DERIVED_ROLES)
     device = resolve_device(setup.device)
-    volume = volume_from_node(setup.inputVolume)
-    if setup.polychromatic:
-        volume = polychromatic_model(volume, setup)
-    volume = volume.to(device)
+    ct = volume_from_node(setup.inputVolume)
+    volume = (polychromatic_model(ct, setup) if setup.polychromatic else ct).to(device)
     xray = xray_from_node(setup.xrayVolume, setup.xrayIntensity, file_for_instance)
     geo = geometry_from_xray(setup.xrayVolume, file_for_instance, xray)
     detector = detector_from_setup(setup, geo)
-    pose = initial_pose(setup, volume, geo)
+    network = None
+    if setup.initialPoseMode == POSE_FROM_NETWORK:  # trained on the monochromatic CT: it checks that one
+        ct = volume if ct is volume or not setup.polychromatic else ct.to(device)
+        network = network_initializer(setup, ct, detector)
+    pose = initial_pose(setup, volume, geo) if network is None else None
     render_options = {"max_memory_mb": float(setup.maxMemoryMb)}
     second = second_view(setup, volume, geo, detector, file_for_instance)
-    try:  # where nothing states the convention (no DICOM tag), it is detected against a DRR at the start
-        xray = resolve_at_pose(xray, detector, volume, pose, setup.renderer, **render_options)
+    starts = note = None
+    try:
+        if network is not None:  # convention and poses as diffreg register --model finds them (network_start)
+            from ..geometry import check_pose
+            from ..learning.inference import network_start
+
+            resolved, starts = network_start(network, xray, detector, volume, setup.renderer, **render_options)
+            starts = check_pose(starts, name="the pose network's start poses").detach().to(torch.float64).cpu()
+            pose = starts[0]
+            note = (f"start from the pose network ({starts.shape[0]} hypotheses, "
+                    f"{1000 * float(getattr(network, 'last_seconds', 0.0)):.0f} ms)")
+        else:  # where nothing states the convention (no DICOM tag), it is detected against a DRR at the start
+            resolved = resolve_at_pose(xray, detector, volume, pose, setup.renderer, **render_options)
+        xray = resolved
         if second is not None:
             second.xray = resolve_at_pose(second.xray, second.detector, volume, second.from_first @ pose,
                                           setup.renderer, **render_options)
             second.mask = second.xray.mask
     except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
         raise _resource_errors(exc) from exc
-    return Inputs(volume, xray, detector, pose, parent_to_world(setup.inputVolume), second)
+    return Inputs(volume, xray, detector, pose, parent_to_world(setup.inputVolume), second, starts, note)
 
 
 class OutOfMemory(RuntimeError):
@@ -233,10 +258,15 @@ def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progres
         if progress is not None:
             progress(info, text)
 
+    start = inputs.pose
+    if inputs.starts is not None:  # several hypotheses (the pose network's) feed the multi-start
+        from ..registration.initializers import FixedPose
+
+        start = FixedPose(inputs.starts)
     try:
         device = inputs.volume.mu.device
         if inputs.second is None:
-            result = register(inputs.volume, inputs.xray.image.to(device), inputs.detector, inputs.pose, options,
+            result = register(inputs.volume, inputs.xray.image.to(device), inputs.detector, start, options,
                               mask=inputs.xray.mask, callback=callback, cancel=cancel)
         else:
             from ..registration.views import View, register_views
@@ -244,7 +274,7 @@ def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progres
             first = View(inputs.xray.image.to(device), inputs.detector, inputs.xray.mask, name="X-ray")
             second = View(inputs.second.xray.image.to(device), inputs.second.detector, inputs.second.mask,
                           inputs.second.from_first, inputs.second.name)
-            result = register_views(inputs.volume, [first, second], inputs.pose, options, callback=callback,
+            result = register_views(inputs.volume, [first, second], start, options, callback=callback,
                                     cancel=cancel)
         with torch.no_grad():
             drr = render(inputs.volume, inputs.detector, result.pose.to(inputs.volume.mu.device), options.renderer,
@@ -258,7 +288,7 @@ def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progres
              "converged" if result.converged else f"stopped ({result.stop_reason.replace('_', ' ')})")
     message = (f"{state}; {setup.similarity} {result.initial_similarity:.4f} -> {result.similarity:.4f} in "
                f"{result.iterations} iterations, {result.seconds:.1f} s")
-    notes = inputs.detected()
+    notes = ([inputs.start_note] if inputs.start_note else []) + inputs.detected()
     if getattr(result, "view_similarities", None) is not None and len(result.view_similarities) > 1:
         notes.append("views: " + ", ".join(f"{v:.4f}" for v in result.view_similarities))
     if getattr(result, "search", None):

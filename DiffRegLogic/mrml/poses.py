@@ -5,6 +5,9 @@
 ``"patient in C-arm"`` (camera_from_world x the CT's parent-to-world).
 `TransformInitializer` is the registration's initialiser plug point for a
 transform node; `initializer_from_setup` picks it or the C-arm angles.
+`network_initializer` loads the pose network of ``poseModelPath`` (start mode
+"pose network (model file)"): it looks at the X-ray, so its start is
+computed where the X-ray is known (`DiffRegLogic.mrml.actions.read_inputs`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from ..registration.initializers import ClinicalAngles
 from . import checks
 from .carm import XRayGeometry
 from .matrices import _to_world, parent_to_world
-from .settings import CARM_IN_PATIENT, PATIENT_IN_CARM, POSE_FROM_TRANSFORM, TRANSFORM_MEANINGS, Setup
+from .settings import (CARM_IN_PATIENT, PATIENT_IN_CARM, POSE_FROM_NETWORK, POSE_FROM_TRANSFORM, TRANSFORM_MEANINGS,
+                       Setup, path_is_set)
+
+NETWORK_HYPOTHESES = 4
+"""Start poses the pose network hands to the registration's multi-start (its prediction + 3 test-time variants)."""
 
 
 def _inverse(matrix: np.ndarray, what: str) -> np.ndarray:
@@ -91,8 +98,12 @@ def initializer_from_setup(setup: Setup, geo: XRayGeometry):
     """The setup's start as an initialiser: its transform node, or its C-arm angles about the CT centre.
 
     Unset C-arm fields (distance 0) come from the X-ray's DICOM tags
-    together, as `DiffRegLogic.mrml.carm.fill_geometry` fills them.
+    together, as `DiffRegLogic.mrml.carm.fill_geometry` fills them. The
+    pose network's start needs the X-ray (`network_initializer`): ValueError.
     """
+    if setup.initialPoseMode == POSE_FROM_NETWORK:
+        raise ValueError("the pose network's start depends on the X-ray: DiffRegLogic.mrml.actions.read_inputs "
+                         "computes it (network_initializer), not the settings alone")
     if setup.initialPoseMode == POSE_FROM_TRANSFORM:
         if setup.initialTransform is None:
             pose_from_transform(None, setup.transformMeaning, setup.inputVolume)  # raises the message
@@ -114,3 +125,27 @@ def initial_pose(setup: Setup, volume, geo: XRayGeometry) -> torch.Tensor:
     """camera_from_world (4, 4) float64 of the start: a transform node, or C-arm angles about the CT centre."""
     pose = initializer_from_setup(setup, geo)(None, None, volume)
     return geometry.check_pose(pose, name="the initial pose (Initial pose section)")[0]
+
+
+def network_initializer(setup: Setup, volume, detector, device=None):
+    """`DiffRegLogic.learning.inference.PoseNetworkInitializer` of the setup's ``poseModelPath``.
+
+    ``volume`` and ``detector`` are the registration's: the model file
+    refuses another CT or another detector with its own message (InputError).
+    ``device``: where the network runs (default: the volume's device). Returns a
+    callable ``(xray, detector, volume) -> (K, 4, 4)`` with K = `NETWORK_HYPOTHESES`.
+    """
+    import os
+
+    from ..learning.inference import PoseNetworkInitializer
+
+    path = setup.poseModelPath
+    if not path_is_set(path):
+        raise InputError("no pose network selected: choose its model file (.pt) under Initial pose > Model file, "
+                         "or train one under Train pose network")
+    if not os.path.isfile(path):
+        raise InputError(f"the pose network model file {path} does not exist; choose the .pt file 'Train pose "
+                         "network' saved (Initial pose > Model file)")
+    device = volume.mu.device if device is None else device
+    return PoseNetworkInitializer.from_file(str(path), volume, detector, hypotheses=NETWORK_HYPOTHESES,
+                                            device=str(device))

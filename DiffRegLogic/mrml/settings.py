@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,8 @@ PATIENT_IN_CARM = "patient in C-arm"
 TRANSFORM_MEANINGS = (CARM_IN_PATIENT, PATIENT_IN_CARM)
 POSE_FROM_ANGLES = "C-arm angles"
 POSE_FROM_TRANSFORM = "transform"
-INITIAL_POSE_MODES = (POSE_FROM_ANGLES, POSE_FROM_TRANSFORM)
+POSE_FROM_NETWORK = "pose network (model file)"
+INITIAL_POSE_MODES = (POSE_FROM_ANGLES, POSE_FROM_TRANSFORM, POSE_FROM_NETWORK)
 INTENSITIES = tuple(INTENSITY_CONVENTIONS)
 OVERLAY_MODES = ("blend", "difference", "checkerboard")
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,6 +53,7 @@ OPTIMIZERS = tuple(_OPTIMIZERS)
 SEARCHES = tuple(_SEARCHES)
 ROBUST_WEIGHTS = tuple(_ROBUST_WEIGHTS)
 NUISANCES = tuple(_NUISANCES)
+BACKBONES = ("efficientnet-b0", "small")  # `diffreg train --backbone` (DiffRegLogic.cli.train.BACKBONES)
 
 CHOICES = {
     "xrayIntensity": INTENSITIES,
@@ -62,10 +65,19 @@ CHOICES = {
     "robust": ROBUST_WEIGHTS,
     "nuisance": NUISANCES,
     "device": DEVICES,
+    "trainingBackbone": BACKBONES,
+    "trainingDevice": DEVICES,
     "transformMeaning": TRANSFORM_MEANINGS,
     "overlayMode": OVERLAY_MODES,
 }
 NODE_FIELDS = ("inputVolume", "xrayVolume", "secondXrayVolume", "initialTransform", "outputTransform", "outputDrr")
+PATH_FIELDS = ("poseModelPath", "trainingModelPath")
+"""Fields holding a file path (`pathlib.Path`; ``Path()``, shown as ".", means "not set")."""
+
+
+def path_is_set(path) -> bool:
+    """Whether a path field holds a file name (not ``Path()`` / "" / ".")."""
+    return str(path).strip() not in ("", ".")
 
 
 @dataclass
@@ -95,6 +107,7 @@ class Setup:
     primaryAngle: float = 0.0  # deg, LAO + / RAO -
     secondaryAngle: float = 0.0  # deg, CRA + / CAU -
     sourceToIsocenter: float = 0.0  # mm; the isocentre is the CT centre
+    poseModelPath: pathlib.Path = pathlib.Path()  # POSE_FROM_NETWORK: the .pt model `diffreg train` wrote
     # the second view's C-arm angles (deg); with the first view's they fix the relation between the views.
     # secondAnglesFromXray: take them from the second X-ray's DICOM tags
     secondAnglesFromXray: bool = True
@@ -120,6 +133,14 @@ class Setup:
     robust: str = "none"  # none | tukey
     footprintMask: bool = False
     nuisance: str = "none"  # none | scatter
+    # training a pose network in a background process (`DiffRegLogic.mrml.training`, `diffreg train`)
+    trainingMinutes: float = 10.0  # time budget, minutes
+    trainingImageSize: int = 128  # network input side, pixels (a multiple of 32)
+    trainingMaxRotation: float = 30.0  # deg, +- about each axis around the reference view
+    trainingMaxTranslation: float = 40.0  # mm, +- along each axis
+    trainingBackbone: str = "efficientnet-b0"  # efficientnet-b0 (the poster's) | small (fast on CPU)
+    trainingDevice: str = "auto"
+    trainingModelPath: pathlib.Path = pathlib.Path()  # where the model (.pt) is saved
     # outputs
     transformMeaning: str = CARM_IN_PATIENT
     outputTransform: Any = None  # vtkMRMLLinearTransformNode
@@ -179,7 +200,9 @@ def read_parameter_node(parameter_node) -> Setup:
             continue
         default = f.default
         try:
-            if isinstance(default, bool):
+            if isinstance(default, pathlib.PurePath):
+                values[f.name] = type(default)(text)
+            elif isinstance(default, bool):
                 values[f.name] = text == "True"
             elif isinstance(default, int):
                 values[f.name] = int(text)

@@ -17,6 +17,7 @@ import fnmatch
 import importlib
 import importlib.util
 import json
+import pathlib
 import re
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from DiffRegLogic import _compat, mrml
+from DiffRegLogic.errors import InputError
 from DiffRegLogic.mrml import dependencies, settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +57,7 @@ BINDABLE = {
     "int": {"QSpinBox", "QSlider"},
     "bool": {"QCheckBox", "QPushButton"},
     "str": {"QLineEdit", "QTextEdit"},
+    "pathlib.Path": {"ctkPathLineEdit"},  # Slicer's ctkPathLineEditToPathConnector takes pathlib types only
 }
 
 
@@ -93,9 +96,11 @@ def _fields(tree: ast.Module) -> dict[str, tuple[str, ast.expr | None, ast.expr]
 
 
 def _evaluate(expr: ast.expr):
-    """A field default: a literal or an attribute of DiffRegLogic.mrml.settings."""
+    """A field default: a literal, an attribute of DiffRegLogic.mrml.settings, or ``pathlib.Path(<literals>)``."""
     if isinstance(expr, ast.Attribute) and ast.unparse(expr.value) == "settings":
         return getattr(settings, expr.attr)
+    if isinstance(expr, ast.Call) and ast.unparse(expr.func) == "pathlib.Path" and not expr.keywords:
+        return pathlib.Path(*(ast.literal_eval(a) for a in expr.args))
     return ast.literal_eval(expr)
 
 
@@ -197,6 +202,50 @@ def test_module_names_only_existing_widgets_and_engine_functions(module_tree, ui
     for button in ("renderButton", "registerButton", "cancelButton"):
         assert ui_widgets[button].get("class") == "QPushButton"
     assert ui_widgets["progressBar"].get("class") == "QProgressBar"
+
+
+def test_training_section_and_model_file_widgets(module_tree, ui_widgets):
+    """Issue 16 item 6: the collapsed "Train pose network" section, its buttons, and the network start's model file."""
+    section = ui_widgets["trainingCollapsibleButton"]
+    assert section.get("class") == "ctkCollapsibleButton"
+    assert _property(section, "text").find("string").text == "Train pose network"
+    assert _property(section, "collapsed").find("bool").text == "true"
+    inside = {w.get("name"): w.get("class") for w in section.iter("widget")}
+    expected = {"trainingMinutesSpinBox": "QDoubleSpinBox", "trainingImageSizeSpinBox": "QSpinBox",
+                "trainingMaxRotationSpinBox": "QDoubleSpinBox", "trainingMaxTranslationSpinBox": "QDoubleSpinBox",
+                "trainingBackboneComboBox": "QComboBox", "trainingDeviceComboBox": "QComboBox",
+                "trainingModelPathLineEdit": "ctkPathLineEdit", "trainButton": "QPushButton",
+                "stopTrainingButton": "QPushButton", "trainingProgressBar": "QProgressBar",
+                "trainingStatusLabel": "QLabel"}
+    assert {name: inside.get(name) for name in expected} == expected
+    bound = {name: _parameter_name(w) for name, w in ui_widgets.items() if name in expected}
+    assert {v for v in bound.values() if v} == {"trainingMinutes", "trainingImageSize", "trainingMaxRotation",
+                                                "trainingMaxTranslation", "trainingBackbone", "trainingDevice",
+                                                "trainingModelPath"}
+    # the model paths: .pt files; the training's a save dialog (Writable), the start's an open dialog
+    for name, mode in (("trainingModelPathLineEdit", "Writable"), ("poseModelPathLineEdit", "Readable")):
+        widget = ui_widgets[name]
+        flags = _property(widget, "filters").find("set").text.split("|")
+        assert {"ctkPathLineEdit::Files", f"ctkPathLineEdit::{mode}"} <= set(flags), name
+        assert [t.text for t in _property(widget, "nameFilters").iter("string")] == ["*.pt"], name
+    initial = {w.get("name") for w in ui_widgets["initialPoseCollapsibleButton"].iter("widget")}
+    assert "poseModelPathLineEdit" in initial
+    assert _parameter_name(ui_widgets["poseModelPathLineEdit"]) == "poseModelPath"
+    # the spin boxes allow exactly what the parameter node's ranges allow (which check_training_fields accepts)
+    fields = _fields(module_tree)
+    for name, widget_name in (("trainingMinutes", "trainingMinutesSpinBox"),
+                              ("trainingImageSize", "trainingImageSizeSpinBox"),
+                              ("trainingMaxRotation", "trainingMaxRotationSpinBox"),
+                              ("trainingMaxTranslation", "trainingMaxTranslationSpinBox")):
+        call = next(c for c in ast.walk(fields[name][2]) if isinstance(c, ast.Call))
+        low, high = (ast.literal_eval(a) for a in call.args)
+        widget = ui_widgets[widget_name]
+        bounds = [float(_property(widget, p)[0].text) for p in ("minimum", "maximum")]
+        assert bounds == [low, high], name
+    assert settings.INITIAL_POSE_MODES[-1] == settings.POSE_FROM_NETWORK
+    from DiffRegLogic.cli import train
+
+    assert settings.BACKBONES == train.BACKBONES  # the panel offers what the command accepts
 
 
 def test_node_selectors_get_the_scene():
@@ -476,6 +525,42 @@ def test_cpu_retry_keeps_the_device_in_the_parameter_node(loaded_module, slicer_
     done = logic.register(parameterNode, confirmCpuRetry=lambda message: True)
     assert devices == [start_device, "cpu"] and done.outputs.drr is outputs.drr
     assert parameterNode.device == start_device and parameterNode.outputTransform is outputs.transform
+
+
+def test_logic_starts_the_training_in_the_background(loaded_module, slicer_scene, tmp_path):
+    """The Train button's logic: inputs exported, the command launched in the engine's folder, never waited for."""
+    from DiffRegLogic.mrml import selftest, training
+
+    case = selftest.build_case(slicer_scene)
+    logic = loaded_module.DiffRegLogic()
+    parameterNode = logic.getParameterNode()
+    for name in settings.Setup.field_names():
+        setattr(parameterNode, name, getattr(case.setup, name))
+    parameterNode.trainingModelPath = tmp_path / "model.pt"
+    parameterNode.trainingMinutes = 3.0
+    launched = []
+    done = '{"event": "done", "step": 5, "elapsed_s": 1.0, "mtre_mm_median": 4.0, "path": "%s"}' % (
+        tmp_path / "model.pt").as_posix()
+
+    def launch(argv, cwd):
+        files = [argv[argv.index(option) + 1] for option in ("--ct", "--geometry", "--reference-pose")]
+        launched.append((argv, cwd, [Path(f).is_file() for f in files]))
+        return subprocess.Popen([sys.executable, "-c", f"print({done!r})"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    run = logic.startTraining(parameterNode, launch=launch)
+    (argv, cwd, existed), = launched
+    assert argv[:5] == [logic.pythonExecutable(), "-u", "-m", "DiffRegLogic.cli", "train"] and all(existed)
+    assert argv[argv.index("--minutes") + 1] == "3" and argv[argv.index("--out") + 1] == str(tmp_path / "model.pt")
+    assert cwd == training.engine_root() and isinstance(run, training.TrainingRun)
+    folder = Path(argv[argv.index("--ct") + 1]).parent
+    assert run.wait(timeout=60) == "done" and run.monitor.saved_path() == str(tmp_path / "model.pt")
+    assert not folder.exists()  # the exported inputs are removed once the process ended
+    # a bad setting: refused before anything is exported or launched
+    parameterNode.trainingImageSize = 100
+    with pytest.raises(InputError, match="multiple of 32"):
+        logic.startTraining(parameterNode, launch=launch)
+    assert len(launched) == 1
 
 
 def test_engine_never_imports_qt_or_the_slicer_gui():
