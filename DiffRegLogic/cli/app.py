@@ -138,8 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if argv is None:  # nothing runs after this but the exit: leave the collection of what is left to the OS
             _program_run = False
-            if "triton" not in sys.modules:  # triton's bindings report every object still alive at exit as leaked
+            if "triton" not in sys.modules:
                 gc.freeze()
+            else:  # triton's bindings report every object still alive (frozen ones too) at exit as leaked
+                gc.unfreeze()
             gc.enable()
 
 
