@@ -19,7 +19,7 @@ One process, one CT, the demo's detector (200 x 200, 3 mm pixels, SDD
 2. Training step: forward + backward + AdamW step of `learning.networks.PoseNet`
    (decoder and attention on) with the b0 and small backbones, batch
    ``--batch`` of network inputs of real DRRs, the trainer's loss
-   (``pose_loss("poster") / 10 + structure_loss(reconstruction, sobel)``);
+   (`learning.trainer.training_loss` with the trainer's defaults);
    median of ``--steps`` steps after ``--warmup`` steps.
 3. Augmentation: `learning.augment.augment` with `DEFAULT_AUGMENTATION` per
    image, on a batch of the rendered DRRs, and `learning.data.network_input`.
@@ -54,13 +54,11 @@ from DiffRegLogic.experiments.demo import DEMO_SOURCE_TO_ISOCENTER_MM, demo_dete
 from DiffRegLogic.geometry.rigid import so3_exp  # noqa: E402
 from DiffRegLogic.learning.augment import DEFAULT_AUGMENTATION, augment  # noqa: E402
 from DiffRegLogic.learning.data import DRRSource, network_input  # noqa: E402
-from DiffRegLogic.learning.losses import pose_loss, sobel_magnitude, structure_loss  # noqa: E402
+from DiffRegLogic.learning.trainer import TrainConfig, training_loss  # noqa: E402
 from DiffRegLogic.learning.networks import PoseNet, PoseNetConfig, count_parameters  # noqa: E402
 from DiffRegLogic.learning.poses import PoseRange, reference_view, sample_motions  # noqa: E402
 
 BACKBONES = ("efficientnet-b0", "small")
-POSE_LOSS_SCALE = 10.0  # the trainer's default: deg + mm per loss unit
-DECODER_WEIGHT = 1.0  # the trainer's default weight of the structure loss
 
 
 def sync(device: str) -> None:
@@ -144,7 +142,7 @@ def step_rows(args, size: int, device: str, drrs: torch.Tensor, motions: torch.T
     images = network_input(drrs[index.to(drrs.device)], size).to(device)
     true_rotation = so3_exp(motions[index, :3]).float().to(device)
     true_translation = motions[index, 3:].float().to(device)
-    target = sobel_magnitude(images)
+    train_config = TrainConfig(steps=1)  # the trainer's loss settings (poster pose loss, its scale and weights)
     rows = []
     for backbone in BACKBONES:
         torch.manual_seed(0)
@@ -154,10 +152,7 @@ def step_rows(args, size: int, device: str, drrs: torch.Tensor, motions: torch.T
 
         def step():
             optimizer.zero_grad(set_to_none=True)
-            prediction = model(images)
-            loss = pose_loss(prediction.rotation, prediction.translation_mm, true_rotation, true_translation,
-                             kind="poster") / POSE_LOSS_SCALE
-            loss = loss + DECODER_WEIGHT * structure_loss(prediction.reconstruction, target)
+            loss = training_loss(model(images), images, true_rotation, true_translation, train_config)[0]
             loss.backward()
             optimizer.step()
             return loss

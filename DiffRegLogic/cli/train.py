@@ -134,8 +134,6 @@ def check(args):
 
 def train_config(args):
     """The `TrainConfig` the command line asks for."""
-    from dataclasses import fields
-
     from ..learning.networks import PoseNetConfig
     from ..learning.poses import PoseRange
     from ..learning.trainer import TrainConfig
@@ -155,8 +153,7 @@ def train_config(args):
         from ..learning.augment import NO_AUGMENTATION
 
         values["augmentation"] = NO_AUGMENTATION
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+    return TrainConfig(**values)
 
 
 def reference_pose_of(args, volume, detector):

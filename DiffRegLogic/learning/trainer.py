@@ -107,6 +107,23 @@ def validate(model: torch.nn.Module, images: torch.Tensor, poses: torch.Tensor, 
 # --------------------------------------------------------------------------- training
 
 
+def training_loss(prediction, images: torch.Tensor, true_rotation: torch.Tensor, true_translation: torch.Tensor,
+                  config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss, pose loss, structure loss or None) of one batch: pose loss / ``pose_loss_scale`` plus
+    ``decoder_weight`` x the structure loss of the reconstruction against the images' Sobel magnitude.
+
+    ``prediction``: the `PosePrediction` of ``images`` (B, 1, S, S); true rotations (B, 3, 3), translations (B, 3) mm.
+    """
+    pose = pose_loss(prediction.rotation, prediction.translation_mm, true_rotation, true_translation,
+                     kind=config.pose_loss, length_mm=config.geodesic_length_mm)
+    loss = pose / config.pose_loss_scale
+    structure = None
+    if prediction.reconstruction is not None:
+        structure = structure_loss(prediction.reconstruction, sobel_magnitude(images))
+        loss = loss + config.decoder_weight * structure
+    return loss, pose, structure
+
+
 @dataclass
 class TrainResult:
     """What `train` returns.
@@ -280,14 +297,7 @@ class _TrainingRun:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.net.train()
-        prediction = self.net(images)
-        pose = pose_loss(prediction.rotation, prediction.translation_mm, true_rotation, true_translation,
-                         kind=config.pose_loss, length_mm=config.geodesic_length_mm)
-        loss = pose / config.pose_loss_scale
-        structure = None
-        if prediction.reconstruction is not None:
-            structure = structure_loss(prediction.reconstruction, sobel_magnitude(images))
-            loss = loss + config.decoder_weight * structure
+        loss, pose, structure = training_loss(self.net(images), images, true_rotation, true_translation, config)
         if not bool(torch.isfinite(loss)):
             raise InputError(f"training diverged: the loss is not finite at step {self.step + 1}; lower the learning "
                              f"rate (now {config.lr:g}) or check the CT")

@@ -71,7 +71,7 @@ def test_volume_fingerprint_ignores_dtype_and_tiny_affine_noise_but_not_another_
     assert fingerprint_volume(chest_phantom(shape_ijk=(32, 28, 25), spacing=(10.4, 10.4, 12.0))) != fp
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU leg, run on a lent machine)")
 def test_volume_fingerprint_is_the_same_on_cuda():
     volume = _phantom()
     assert fingerprint_volume(volume.to("cuda")) == fingerprint_volume(volume)
