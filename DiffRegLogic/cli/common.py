@@ -176,3 +176,17 @@ def network_report(model, network, hypotheses, truth, volume, detector) -> dict:
     if truth is not None:
         entry["error"] = pose_reports([hypotheses[0]], truth, volume, detector)[0]
     return entry
+
+
+def load_kernels(volume, detector, pose, options) -> None:
+    """Render 2 x 2 pixels once with and without gradients, so compiled kernels are loaded before the clock starts."""
+    import torch
+
+    from ..drr.rendering import render
+
+    tiny = detector.downsample(max(detector.shape) / 2.0)
+    p = pose.to(torch.float64).clone().requires_grad_(True)
+    drr = render(volume, tiny, p, options.renderer, **options.render_options())
+    drr.sum().backward()
+    with torch.no_grad():  # the forward-only kernel (final scores, reported images) is a kernel of its own
+        render(volume, tiny, p.detach(), options.renderer, **options.render_options())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import InputError
+
 PHANTOM = "phantom"
 """``--ct phantom``: the built-in chest phantom."""
 POLYCHROMATIC = "polychromatic"
@@ -33,14 +35,26 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="CPU threads (default: $DIFFREG_THREADS, else every core); several runs at once: cores / runs")
 
 
-def add_registration_options(p: argparse.ArgumentParser) -> None:
+LEARNED = "learned"
+"""``--similarity learned``: the learned similarity of ``--similarity-model`` (`DiffRegLogic.learning.similarity_inference`)."""
+
+
+def add_registration_options(p: argparse.ArgumentParser, learned: bool = False) -> None:
+    """The registration settings; ``learned``: also ``--similarity learned --similarity-model SIM.pt --polish``."""
     from ..registration.optimizers import OPTIMIZERS
     from ..registration.options import NUISANCES, PARAMETERIZATIONS, ROBUST_WEIGHTS, SEARCHES, RegistrationOptions
     from ..similarity.registry import SIMILARITIES
 
     d = RegistrationOptions()
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=d.optimizer, help="default: %(default)s")
-    p.add_argument("--similarity", choices=sorted(SIMILARITIES), default=d.similarity, help="default: %(default)s")
+    p.add_argument("--similarity", choices=sorted(SIMILARITIES) + ([LEARNED] if learned else []), default=d.similarity,
+                   help="default: %(default)s" + ("; learned: the model of --similarity-model" if learned else ""))
+    if learned:
+        p.add_argument("--similarity-model", default=None,
+                       help="with --similarity learned: the model file `diffreg train --kind similarity` wrote")
+        p.add_argument("--polish", choices=["none"] + sorted(SIMILARITIES), default="zncc",
+                       help="with --similarity learned: the image similarity of a final polish at the finest level "
+                            "(default %(default)s; none: the learned result as it is)")
     p.add_argument("--parameterization", choices=list(PARAMETERIZATIONS), default=d.parameterization,
                    help="pose parameters: se3 (motion about the CT centre) or spherical (C-arm model)")
     p.add_argument("--levels", type=float, nargs="+", default=list(d.levels),
@@ -115,8 +129,16 @@ def registration_options(args):
     """
     from ..registration.options import make_options
 
+    similarity = args.similarity
+    if similarity == LEARNED:  # the measure is loaded with the CT; the settings are checked with the polish's
+        if getattr(args, "similarity_model", None) is None:
+            raise InputError("--similarity learned needs --similarity-model SIM.pt (train one with diffreg train "
+                             "--kind similarity)")
+        similarity = "zncc" if args.polish == "none" else args.polish
+    elif getattr(args, "similarity_model", None) is not None:
+        raise InputError("--similarity-model is used only with --similarity learned")
     return make_options(
-        optimizer=args.optimizer, similarity=args.similarity,
+        optimizer=args.optimizer, similarity=similarity,
         renderer=args.tracer if args.renderer == POLYCHROMATIC else args.renderer,
         parameterization=args.parameterization, levels=tuple(args.levels), max_iterations=args.iterations,
         n_starts=args.n_starts, seed=args.seed, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb,

@@ -25,6 +25,7 @@ import argparse
 import time
 
 from ..errors import InputError
+from .learned import add_learned_report, check_learned, learned_name, load_learned
 from .options import PHANTOM, add_engine_options, add_hu_options, add_physics_options, add_registration_options
 
 
@@ -66,7 +67,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_engine_options(p)
     add_physics_options(p)
     add_hu_options(p)
-    add_registration_options(p)
+    add_registration_options(p, learned=True)
     p.set_defaults(func=run, check=check)
     return p
 
@@ -129,6 +130,7 @@ def check(args):
             raise InputError("--model needs the whole X-ray on the detector it was trained for: leave out --crop")
         if not 1 <= args.model_hypotheses <= 64:
             raise InputError(f"--model-hypotheses must be from 1 to 64, got {args.model_hypotheses}")
+    check_learned(args, n)
     for path in args.xray:
         if not Path(path).exists():
             raise InputError(f"X-ray file not found: {path}")
@@ -138,7 +140,8 @@ def check(args):
             if path is not None and not Path(path).exists():
                 raise InputError(f"{what} file not found: {path}")
     registration_options(args)  # every registration setting, checked before any work (torch-free)
-    outputs = Outputs([args.ct, *args.xray, *(args.geometry or []), *(args.init or []), args.truth, args.model])
+    outputs = Outputs([args.ct, *args.xray, *(args.geometry or []), *(args.init or []), args.truth, args.model,
+                       args.similarity_model])
     for option in ("out", "drr", "overlay", "curve"):
         outputs.file(getattr(args, option), f"--{option}")
     return outputs
@@ -264,11 +267,12 @@ def run(args, outputs=None) -> int:
     from ..geometry.files import detector_to_dict, write_json
     from ..registration.engine import register
     from ..learning.inference import network_start
+    from ..learning.similarity_inference import register_learned
     from ..registration.initializers import FixedPose
     from ..registration.views import register_views, views_from_starts
     from ..similarity.metrics import image_metrics
     from ..xray.files import write_image
-    from .common import device_of, loss_curve, network_report, pose_reports, progress_printer
+    from .common import device_of, load_kernels, loss_curve, network_report, pose_reports, progress_printer
     from .options import registration_options
     from .app import imports_done
 
@@ -298,17 +302,23 @@ def run(args, outputs=None) -> int:
     masks = [None if x.mask is None else x.mask.to(device) for x in xrays]
     timings["inputs"] = time.perf_counter() - t
     t = time.perf_counter()
-    _load_kernels(volume, detectors[0], starts[0], options)
+    load_kernels(volume, detectors[0], starts[0], options)
     imports_done()  # numba and its kernels
     timings["kernels"] = time.perf_counter() - t
     names = " + ".join(str(x) for x in args.xray)
     sizes = ", ".join(f"{d.rows}x{d.cols}" for d in detectors)
-    print(f"registering {args.ct} to {names} ({sizes}; {options.optimizer}, {options.similarity_name}, "
+    learned = load_learned(args, volume, detectors[0], device)
+    measure_name = options.similarity_name if learned is None else learned_name(args)
+    print(f"registering {args.ct} to {names} ({sizes}; {options.optimizer}, {measure_name}, "
           f"{options.renderer} on {device})", flush=True)
     t = time.perf_counter()
-    if len(xrays) == 1:
-        result = register(volume, images[0], detectors[0], starts[0] if hypotheses is None else FixedPose(hypotheses),
-                          options, mask=masks[0],
+    start = starts[0] if hypotheses is None else FixedPose(hypotheses)
+    if learned is not None:
+        result = register_learned(volume, images[0], detectors[0], start, options, learned, polish=args.polish,
+                                  mask=masks[0], callback=progress_printer(args.quiet))
+        view_poses, relations = result.pose[None], [torch.eye(4, dtype=torch.float64)]
+    elif len(xrays) == 1:
+        result = register(volume, images[0], detectors[0], start, options, mask=masks[0],
                           callback=progress_printer(args.quiet))
         view_poses, relations = result.pose[None], [torch.eye(4, dtype=torch.float64)]
     else:
@@ -353,6 +363,8 @@ def run(args, outputs=None) -> int:
         for entry, det, rel, start, pose in zip(views_report, detectors, relations, initials, view_poses):
             entry["error_initial"], entry["error"] = pose_reports([start, pose], rel @ truth, volume, det)
     report["views"] = views_report
+    if learned is not None:
+        add_learned_report(report, args, learned, result)
     if network is not None:
         report["initial_camera_from_world"] = starts[0].tolist()  # the network's pose, as the issue asks
         report["network"] = network_report(args.model, network, hypotheses, truth, volume, detectors[0])
@@ -383,17 +395,3 @@ def run(args, outputs=None) -> int:
     print(line)
     print(f"wrote {out}")
     return 0
-
-
-def _load_kernels(volume, detector, pose, options) -> None:
-    """Render 2 x 2 pixels once with and without gradients, so compiled kernels are loaded before the clock starts."""
-    import torch
-
-    from ..drr.rendering import render
-
-    tiny = detector.downsample(max(detector.shape) / 2.0)
-    p = pose.to(torch.float64).clone().requires_grad_(True)
-    drr = render(volume, tiny, p, options.renderer, **options.render_options())
-    drr.sum().backward()
-    with torch.no_grad():  # the forward-only kernel (final scores, reported images) is a kernel of its own
-        render(volume, tiny, p.detach(), options.renderer, **options.render_options())

@@ -1,6 +1,6 @@
 """``diffreg train``: train a patient-specific pose network on DRRs of the patient's CT (the MICCAI 2023 poster's method).
 
-    diffreg train --ct CT --geometry G.json --out MODEL.pt [--minutes 10 | --steps N]
+    diffreg train [--kind pose] --ct CT --geometry G.json --out MODEL.pt [--minutes 10 | --steps N]
                   [--reference-pose P.json] [--max-rot 45 --max-trans 60] [--image-size 128]
                   [--backbone efficientnet-b0|small] [--no-decoder] [--no-attention] [--no-incremental]
 
@@ -16,6 +16,10 @@ stdout (``--progress json``, one object per line with an ``"event"`` key:
 `DiffRegLogic.learning.progress`), or nothing. The model file is rewritten
 atomically at every checkpoint; an interrupted run (Ctrl-C, SIGTERM) keeps
 its last checkpoint, and ``--resume`` continues it.
+
+``--kind similarity`` trains the learned SO(4) similarity instead (Chen &
+Kong; `train_similarity`): the same command, budget, progress, checkpoint
+and torchrun conventions, with its own options.
 """
 
 from __future__ import annotations
@@ -45,8 +49,14 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train a pose network on DRRs of the patient's CT (start poses for register --model)")
-    p.add_argument("--ct", required=True, help="CT file (NIfTI, NRRD, MHA) or DICOM series folder, or 'phantom'")
+    from .train_similarity import KINDS, add_similarity_options
+
+    p = sub.add_parser("train", help="train a pose network (start poses for register --model) or a learned "
+                                     "similarity (register --similarity learned) on DRRs of the patient's CT")
+    p.add_argument("--kind", choices=KINDS, default="pose",
+                   help="pose: the pose network (default); similarity: the learned SO(4) similarity")
+    p.add_argument("--ct", default=None, help="CT file (NIfTI, NRRD, MHA) or DICOM series folder, or 'phantom' "
+                                              "(required, except for --kind similarity --phantoms N)")
     p.add_argument("--geometry", default=None,
                    help="detector geometry JSON of the X-rays the model will see (default for --ct phantom: the "
                         "demo's 200x200 detector)")
@@ -56,17 +66,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--source-to-isocenter", type=float, default=None,
                    help="source-to-CT-centre distance of the default AP reference view, mm (default: SDD / 2)")
     p.add_argument("--out", required=True, help="model file (.pt): weights, settings, CT and detector fingerprints")
-    p.add_argument("--max-rot", type=float, default=45.0, help="rotation range about each axis, deg (default 45)")
-    p.add_argument("--max-trans", type=float, default=60.0, help="translation range along each axis, mm (default 60)")
+    p.add_argument("--max-rot", type=float, default=None,
+                   help="rotation range about each axis, deg (default 45; --kind similarity: 30, the true poses)")
+    p.add_argument("--max-trans", type=float, default=None,
+                   help="translation range along each axis, mm (default 60; --kind similarity: 40)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None,
                         help=f"training time budget in minutes (default {DEFAULT_MINUTES:g})")
     budget.add_argument("--steps", type=int, default=None, help="training steps instead of a time budget")
-    p.add_argument("--image-size", type=int, default=128, help="network input side, a multiple of 32 (default 128)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="network input side, a multiple of 32 (default 128; --kind similarity: 64, a multiple of 8)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (per process under torchrun)")
     p.add_argument("--pool-images", type=int, default=None, help="DRRs rendered for training (default: the trainer's)")
     p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the trainer's)")
-    p.add_argument("--backbone", choices=BACKBONES, default="efficientnet-b0",
+    p.add_argument("--backbone", choices=BACKBONES, default=None,
                    help="EfficientNet-b0 (the poster's) or a small CNN (fast on CPU); default %(default)s")
     p.add_argument("--no-decoder", action="store_true", help="no structure-reconstruction decoder (ablation: no B)")
     p.add_argument("--no-attention", action="store_true", help="no self-attention (ablation: no C)")
@@ -81,10 +94,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the training saved in --out")
     p.add_argument("--progress", choices=PROGRESS, default="bar",
                    help="bar (stderr), json (one JSON object per line on stdout), none")
+    add_similarity_options(p)
     add_engine_options(p)
     add_hu_options(p)
     p.set_defaults(func=run, check=check)
     return p
+
+
+POSE_DEFAULTS = {"max_rot": 45.0, "max_trans": 60.0, "image_size": 128, "backbone": "efficientnet-b0"}
+"""The pose network's defaults of the options the two kinds share (``None`` on the parser)."""
 
 
 def check(args):
@@ -92,7 +110,20 @@ def check(args):
     from pathlib import Path
 
     from ..validation.outputs import Outputs
+    from .train_similarity import check_similarity_arguments
 
+    if args.kind == "similarity":
+        return check_similarity_arguments(args)
+    for name, value in POSE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    similarity_only = [f"--{n.replace('_', '-')}" for n, default in (("embedding", "so4"), ("groups", 8),
+                       ("max_offset_rot", 45.0), ("max_offset_trans", 60.0), ("pool_pairs", None), ("phantoms", 0))
+                       if getattr(args, n) != default]
+    if similarity_only:
+        raise InputError(f"{', '.join(similarity_only)}: options of --kind similarity, not of the pose network")
+    if args.ct is None:
+        raise InputError("--ct CT is needed: the patient's CT the pose network learns")
     if Path(args.out).suffix.lower() != ".pt":
         raise InputError(f"--out must be a .pt model file, got {args.out}")
     if args.ct != PHANTOM and not Path(args.ct).exists():
@@ -216,6 +247,10 @@ def run(args, outputs=None) -> int:
 
     imports_done()
     outputs = outputs or check(args)
+    if args.kind == "similarity":
+        from .train_similarity import run_similarity
+
+        return run_similarity(args)
     device = device_of(args)
     if os.environ.get("LOCAL_RANK") is not None and device.type == "cuda":
         import torch

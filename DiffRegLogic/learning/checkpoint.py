@@ -46,7 +46,14 @@ from ..geometry.files import detector_to_dict
 from ..volume.ct import Volume
 
 FORMAT = "diffreg-pose-network"
+SIMILARITY_FORMAT = "diffreg-similarity-network"
+"""The format of a learned similarity's model file (`similarity_trainer`): the same layout, its own config."""
 FORMAT_VERSION = 1
+AGNOSTIC_FINGERPRINT = "patient-agnostic"
+"""The volume fingerprint of a model trained on many CTs (phantoms): it is not refused for any CT."""
+_KIND = {FORMAT: "pose network", SIMILARITY_FORMAT: "learned similarity"}
+_USE = {FORMAT: "give it to `diffreg register --model`",
+        SIMILARITY_FORMAT: "give it to `diffreg register --similarity learned --similarity-model`"}
 FINGERPRINT_BLOCKS = 16
 """Blocks per axis of the mu means in `fingerprint_volume` (fewer along axes with fewer voxels)."""
 
@@ -151,15 +158,17 @@ def save_checkpoint(path: str | os.PathLike, *, config, weights: dict, reference
                     elapsed_s: float = 0.0, complete: bool = True, world_size: int = 1,
                     generator_states: list | None = None, rng_state: torch.Tensor | None = None,
                     rng_states: list | None = None, cuda_rng_state: torch.Tensor | None = None,
-                    volume_fingerprint: str | None = None) -> dict:
+                    volume_fingerprint: str | None = None, format: str = FORMAT) -> dict:
     """Write a model file atomically (a temporary file beside ``path``, then ``os.replace``); returns the dict.
 
-    ``config`` is a `TrainConfig`; ``weights`` a state_dict (moved to the CPU
-    here); ``volume_fingerprint`` may be passed to skip recomputing it.
+    ``config`` is a `TrainConfig` (or the similarity's config); ``weights`` a
+    state_dict (moved to the CPU here); ``volume_fingerprint`` may be passed
+    to skip recomputing it (``volume`` may then be None); ``format``:
+    `FORMAT` or `SIMILARITY_FORMAT`.
     """
     path = Path(path)
     checkpoint = {
-        "format": FORMAT,
+        "format": format,
         "format_version": FORMAT_VERSION,
         "diffreg_version": __version__,
         "config": config.to_dict(),
@@ -209,9 +218,10 @@ def _to_cpu(value):
 _TRAIN_HINT = "train one with `diffreg train --ct CT --geometry G.json --out MODEL.pt`"
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The dict of a model file, after checking that it is one this DiffReg can read (InputError otherwise)."""
+def read_checkpoint(path: str | os.PathLike, format: str = FORMAT) -> dict:
+    """The dict of a model file of ``format``, after checking that this DiffReg can read it (InputError otherwise)."""
     path = Path(path)
+    kind = _KIND[format]
     if not path.exists():
         raise InputError(f"model file {path} does not exist; check the path, or {_TRAIN_HINT}")
     if not path.is_file():
@@ -221,10 +231,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
             AttributeError, ImportError, KeyError, TypeError, IndexError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"model file {path} is not a readable DiffReg pose network (not a torch file, truncated "
+        raise InputError(f"model file {path} is not a readable DiffReg {kind} (not a torch file, truncated "
                          f"or corrupt: {reason[:200]}); {_TRAIN_HINT}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(f"{path} is a torch file but not a DiffReg pose network (no format '{FORMAT}'); give a "
+    found = data.get("format") if isinstance(data, dict) else None
+    if found in _KIND and found != format:
+        raise InputError(f"{path} is a DiffReg {_KIND[found]}, not a {kind}; {_USE[found]}")
+    if found != format:
+        raise InputError(f"{path} is a torch file but not a DiffReg {kind} (no format '{format}'); give a "
                          f"model written by `diffreg train`, or {_TRAIN_HINT}")
     version = data.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -242,6 +255,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 def check_volume(data: dict, volume: Volume, path="the model") -> None:
     """InputError unless ``volume`` has the fingerprint the checkpoint ``data`` was trained on."""
+    if data["volume_fingerprint"] == AGNOSTIC_FINGERPRINT:
+        return
     fingerprint = fingerprint_volume(volume)
     if fingerprint != data["volume_fingerprint"]:
         raise InputError(f"the model {path} was trained on another CT (fingerprint {data['volume_fingerprint'][:12]}, "

@@ -56,14 +56,16 @@ def _check_image_size(image_size) -> int:
         raise InputError(f"{exc}; it is the side (pixels) of the square network input, e.g. 128") from None
 
 
-def network_input(images: torch.Tensor, image_size: int) -> torch.Tensor:
+def network_input(images: torch.Tensor, image_size: int, *, differentiable: bool = False) -> torch.Tensor:
     """Line integrals (n, H, W) (or (H, W), (n, 1, H, W)) -> (n, 1, S, S) float32 network input on their device.
 
     Resized to S x S: by area averaging when both sides shrink or stay
     (exact block averages for whole factors), else bilinear (antialiased);
     then each image minus its mean, divided by its standard deviation
     (population; floored, see `STANDARDIZE_EPS`). Raises InputError for non-float,
-    empty or non-finite images.
+    empty or non-finite images. ``differentiable``: keep the autograd graph
+    to ``images`` (a learned similarity's gradient with respect to the DRR);
+    otherwise the input is detached.
     """
     size = _check_image_size(image_size)
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
@@ -78,8 +80,8 @@ def network_input(images: torch.Tensor, image_size: int) -> torch.Tensor:
         raise InputError(f"images must be (n, H, W), (n, 1, H, W) or (H, W), got {tuple(images.shape)}")
     if x.shape[0] == 0:
         return x.new_zeros((0, 1, size, size), dtype=torch.float32)
-    x = x.detach().to(torch.float64)[:, None]  # float64 inside: a constant image stays constant to 1e-16
-    if not torch.isfinite(x).all():
+    x = (x if differentiable else x.detach()).to(torch.float64)[:, None]  # float64: a constant stays constant
+    if not torch.isfinite(x.detach()).all():
         raise InputError("images contain NaN or infinite values; mask or fill them before the network sees them")
     h, w = x.shape[-2:]
     if (h, w) != (size, size):
@@ -88,9 +90,12 @@ def network_input(images: torch.Tensor, image_size: int) -> torch.Tensor:
         else:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     mean = x.mean(dim=(-2, -1), keepdim=True)
-    std = x.std(dim=(-2, -1), keepdim=True, correction=0)
     floor = STANDARDIZE_EPS * x.abs().mean(dim=(-2, -1), keepdim=True) + 1e-12
-    return ((x - mean) / torch.maximum(std, floor)).to(torch.float32)
+    if differentiable:  # sqrt(var + floor^2): a finite gradient at a constant image too
+        std = ((x - mean).square().mean(dim=(-2, -1), keepdim=True) + floor.square()).sqrt()
+    else:
+        std = torch.maximum(x.std(dim=(-2, -1), keepdim=True, correction=0), floor)
+    return ((x - mean) / std).to(torch.float32)
 
 
 def training_detector(detector: Detector, image_size: int) -> Detector:

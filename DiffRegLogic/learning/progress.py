@@ -24,6 +24,22 @@ Events and their fields (numbers are JSON numbers; ``null`` where unknown):
   ``mtre_mm_mean``, ``rotation_deg_median``, ``translation_mm_median``, ...;
 * ``checkpoint``: ``step``, ``path``;
 * ``done``: ``step``, ``elapsed_s``, ``mtre_mm_median``, ``path``.
+
+A learned similarity's training (``diffreg train --kind similarity``)
+reports the same events; its quality is a cosine (the correlation of the
+learned similarity with the true pose distance, 1 = perfect) where the
+pose network's is an mTRE:
+
+* ``progress``: ``step``, ``steps``, ``fraction``, ``elapsed_s``,
+  ``eta_s``, ``loss``, ``lr``, ``images_per_s``, ``val_cosine`` (last
+  validation cosine, null before the first);
+* ``validation``: ``step``, ``cosine``, ``baseline_cosine`` (an image
+  similarity's, for comparison), ``distance_corr``;
+* ``done``: ``step``, ``elapsed_s``, ``cosine``, ``path``.
+
+`format_progress` tells the two apart by the fields a record has: a record
+with ``val_cosine`` or ``cosine`` is shown with "val cosine 0.71" /
+"cosine 0.71" instead of an mTRE.
 """
 
 from __future__ import annotations
@@ -99,8 +115,17 @@ def _number(value, spec: str, unit: str = "") -> str:
     return "?" if value is None else f"{float(value):{spec}}{unit}"
 
 
+def _cosine(record: dict, key: str) -> bool:
+    """Whether a record reports a learned similarity's cosine (the field is there, even as null) and no mTRE."""
+    return key in record and not any(k in record for k in ("val_mtre_mm", "mtre_mm_median"))
+
+
 def format_progress(record: dict) -> str:
-    """A short human-readable line for a progress record (the Slicer panel's status text)."""
+    """A short human-readable line for a progress record (the Slicer panel's status text).
+
+    A pose network's records show the validation mTRE (mm), a learned
+    similarity's (fields ``val_cosine`` / ``cosine``) the validation cosine.
+    """
     event = record.get("event")
     if event == "start":
         budget = (f"{record['steps']} steps" if record.get("steps") is not None
@@ -111,9 +136,17 @@ def format_progress(record: dict) -> str:
         steps = record.get("steps")
         step = f"step {record.get('step', '?')}" + (f"/{steps}" if steps is not None else "")
         percent = _number(None if record.get("fraction") is None else 100 * record["fraction"], ".0f", "%")
-        return (f"{percent} {step}, loss {_number(record.get('loss'), '.3g')}, val mTRE "
-                f"{_number(record.get('val_mtre_mm'), '.1f', ' mm')}, elapsed {_duration(record.get('elapsed_s'))}, "
-                f"ETA {_duration(record.get('eta_s'))}")
+        quality = (f"val cosine {_number(record.get('val_cosine'), '.2f')}" if _cosine(record, "val_cosine") else
+                   f"val mTRE {_number(record.get('val_mtre_mm'), '.1f', ' mm')}")
+        return (f"{percent} {step}, loss {_number(record.get('loss'), '.3g')}, {quality}, elapsed "
+                f"{_duration(record.get('elapsed_s'))}, ETA {_duration(record.get('eta_s'))}")
+    if event == "validation" and _cosine(record, "cosine"):
+        text = f"Validation at step {record.get('step', '?')}: cosine {_number(record.get('cosine'), '.2f')}"
+        if record.get("baseline_cosine") is not None:
+            text += f" (baseline {_number(record['baseline_cosine'], '.2f')})"
+        if record.get("distance_corr") is not None:
+            text += f", distance correlation {_number(record['distance_corr'], '.2f')}"
+        return text
     if event == "validation":
         return (f"Validation at step {record.get('step', '?')}: median mTRE "
                 f"{_number(record.get('mtre_mm_median'), '.2f', ' mm')}, rotation "
@@ -122,7 +155,8 @@ def format_progress(record: dict) -> str:
     if event == "checkpoint":
         return f"Checkpoint at step {record.get('step', '?')}: {record.get('path', '?')}"
     if event == "done":
-        return (f"Training done: {record.get('step', '?')} steps in {_duration(record.get('elapsed_s'))}, "
-                f"median mTRE {_number(record.get('mtre_mm_median'), '.2f', ' mm')}"
+        quality = (f"cosine {_number(record.get('cosine'), '.2f')}" if _cosine(record, "cosine") else
+                   f"median mTRE {_number(record.get('mtre_mm_median'), '.2f', ' mm')}")
+        return (f"Training done: {record.get('step', '?')} steps in {_duration(record.get('elapsed_s'))}, {quality}"
                 + (f", saved {record['path']}" if record.get("path") else ""))
     return json.dumps(record)

@@ -31,9 +31,6 @@ that is not. Under torchrun see `distributed`.
 
 from __future__ import annotations
 
-import math
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -51,11 +48,10 @@ from .data import DRRSource, TrainingPool, validation_set
 from .distributed import DistributedContext, unwrap
 from .losses import pose_loss, sobel_magnitude, structure_loss
 from .networks import PoseNet
-from .schedule import Budget, TrainConfig, config_differences, lr_factor
+from .loop import TrainingLoop, TrainResult
+from .schedule import Budget, TrainConfig, lr_factor
 
 __all__ = ["TrainConfig", "TrainResult", "train", "validate"]
-RESUME_FREE_KEYS = ("device", "validate_every", "checkpoint_every", "log_every")
-"""Config keys a resumed run may change (they do not change the weights it reaches)."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -124,28 +120,6 @@ def training_loss(prediction, images: torch.Tensor, true_rotation: torch.Tensor,
     return loss, pose, structure
 
 
-@dataclass
-class TrainResult:
-    """What `train` returns.
-
-    Attributes:
-        model: the trained `PoseNet` (eval mode, on the training device; not wrapped in DDP).
-        history: the run's progress and validation records (dicts with "event").
-        validation: the final validation dict (`validate`; {} on ranks other than 0).
-        step, elapsed_s: optimiser steps and training time (s, resumed sessions included).
-        checkpoint_path: where the model file was written (None without one).
-        config: the `TrainConfig`.
-    """
-
-    model: PoseNet
-    history: list
-    validation: dict
-    step: int
-    elapsed_s: float
-    checkpoint_path: Path | None
-    config: TrainConfig
-
-
 def train(volume: Volume, detector: Detector, reference_pose: torch.Tensor, config: TrainConfig, *,
           checkpoint_path: str | Path | None = None, resume: bool = False,
           progress: Callable[[dict], None] | None = None, bar: bool = True) -> TrainResult:
@@ -176,29 +150,20 @@ def train(volume: Volume, detector: Detector, reference_pose: torch.Tensor, conf
         context.destroy()
 
 
-class _TrainingRun:
-    """One call of `train` (split out so that the loop reads top to bottom)."""
+class _TrainingRun(TrainingLoop):
+    """One call of `train`: the pose network's hooks of the shared loop (`loop.TrainingLoop`)."""
 
-    def __init__(self, volume, detector, reference_pose, config, context, device, path, resume, progress, bar):
-        self.volume, self.detector, self.config, self.context, self.device = volume, detector, config, context, device
-        self.path, self.callback = path, progress
-        self.main = context.is_main
-        torch.manual_seed(config.seed)  # network initialisation: the same on every rank
-        self.source = DRRSource(volume, detector, reference_pose, image_size=config.network.image_size,
-                                renderer=config.renderer, device=device)
+    def _build_model(self, reference_pose) -> None:
+        config = self.config
+        self.source = DRRSource(self.volume, self.detector, reference_pose, image_size=config.network.image_size,
+                                renderer=config.renderer, device=self.device)
         self.reference_pose, self.center = self.source.reference_pose, self.source.center
-        self.model = PoseNet(config.network).to(device)
-        self.step, self.elapsed, self.history, self.validation = 0, 0.0, [], {}
-        rank_seed = context.seed(config.seed)
-        self.generator = torch.Generator().manual_seed(rank_seed)  # batch draws and augmentation
-        torch.manual_seed(rank_seed + 1)  # dropout: its own stream per rank
-        self.volume_fingerprint = ckpt.fingerprint_volume(volume)
-        saved = self._load(self.path) if resume else None
-        self.net = context.wrap(self.model, device)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        if saved is not None:
-            self._restore(saved)
-        share = context.share(config.pool_images)
+        self.model = PoseNet(config.network).to(self.device)
+        self.volume_fingerprint = ckpt.fingerprint_volume(self.volume)
+
+    def _build_data(self, rank_seed: int) -> None:
+        config = self.config
+        share = self.context.share(config.pool_images)
         self.pool = TrainingPool(self.source, config.pose_range, share,
                                  incremental=config.incremental, stages=min(config.stages, share),
                                  start_fraction=config.start_fraction, augmentation=config.augmentation,
@@ -206,86 +171,34 @@ class _TrainingRun:
         if self.main:
             self.val_images, _, self.val_poses = validation_set(self.source, config.pose_range,
                                                                 config.validation_images, config.seed)
-            self.points = evaluation.target_points(volume, n=config.target_points, seed=config.seed)
-        self.bar_enabled = bar and self.main
+            self.points = evaluation.target_points(self.volume, n=config.target_points, seed=config.seed)
 
-    # ---- checkpoints
+    def _read(self, path: Path) -> dict:
+        return ckpt.read_checkpoint(path)
 
-    def _load(self, path: Path) -> dict:
-        data = ckpt.read_checkpoint(path)
-        diff = config_differences(data["config"], self.config.to_dict(), ignore=RESUME_FREE_KEYS)
-        if diff:
-            raise InputError(f"cannot resume from {path}: its training config differs: {'; '.join(diff)}; resume with "
-                             "the same settings, or start a new run (another --out)")
+    def _check_resume(self, data: dict, path: Path) -> None:
         ckpt.check_volume(data, self.volume, path)
         ckpt.check_detector(data, self.detector, path)
         if not torch.allclose(torch.as_tensor(data["reference_pose"], dtype=torch.float64), self.reference_pose,
                               atol=1e-6):
             raise InputError(f"cannot resume from {path}: it was trained about another reference pose; give the "
                              "same --reference-pose, or start a new run")
-        self.model.load_state_dict(data["weights"])
-        return data
 
-    def _restore(self, data: dict) -> None:
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.step, self.elapsed = int(data["step"]), float(data["elapsed_s"])
-        self.history, self.validation = list(data["history"]), dict(data["validation"])
-        states, world = data.get("generator_states") or [], self.context.world_size
-        if int(data.get("world_size", 1)) == world and len(states) == world:
-            self.generator.set_state(states[self.context.rank])
-            dropout = data.get("rng_states") or []
-            if len(dropout) == world:
-                torch.set_rng_state(dropout[self.context.rank])
-            elif data.get("rng_state") is not None and world == 1:
-                torch.set_rng_state(data["rng_state"])
-            if data.get("cuda_rng_state") is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(data["cuda_rng_state"], self.device)
-        else:  # another number of processes: fresh draws, fixed by (seed, rank, step)
-            self.generator.manual_seed(self.context.seed(self.config.seed) + 7919 * self.step)
+    def _checkpoint_fields(self) -> dict:
+        """What the model file holds besides the weights and the loop's state (the model's kind)."""
+        return dict(reference_pose=self.reference_pose, center=self.center, volume=self.volume,
+                    detector=self.detector, volume_fingerprint=self.volume_fingerprint)
 
-    def _save(self, complete: bool, states: list | None = None) -> None:
-        """Write the model file (rank 0); ``states``: every rank's (batch generator, dropout generator) states."""
-        if self.path is None:
-            return
-        if states is None:  # this rank's only (an interrupted distributed run resumes with fresh draws)
-            states = [(self.generator.get_state(), torch.get_rng_state())]
-        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        ckpt.save_checkpoint(self.path, config=self.config, weights=unwrap(self.net).state_dict(),
-                             reference_pose=self.reference_pose, center=self.center, volume=self.volume,
-                             detector=self.detector, validation=self.validation, history=self.history,
-                             optimizer=self.optimizer.state_dict(), step=self.step, elapsed_s=self.elapsed,
-                             complete=complete, world_size=self.context.world_size,
-                             generator_states=[g for g, _ in states], rng_state=torch.get_rng_state(),
-                             rng_states=[r for _, r in states], cuda_rng_state=cuda,
-                             volume_fingerprint=self.volume_fingerprint)
-        self._emit("checkpoint", step=self.step, path=str(self.path), complete=complete)
+    def _run_validation(self) -> dict:
+        return validate(unwrap(self.net), self.val_images, self.val_poses, self.reference_pose, self.center,
+                        self.points)
 
-    def _checkpoint(self, complete: bool) -> None:
-        """Collective: every rank hands its generator state to rank 0, which writes the file."""
-        states = self.context.gather_objects((self.generator.get_state(), torch.get_rng_state()))
-        if self.main:
-            self._save(complete, states)
-        self.context.barrier()
+    def _start_fields(self) -> dict:
+        return {"pool_images": self.config.pool_images}
 
-    # ---- reporting
-
-    def _emit(self, event: str, **fields) -> None:
-        if not self.main:
-            return
-        record = {"event": event, **fields}
-        if event in ("progress", "validation"):
-            self.history.append(dict(record))
-        if self.callback is not None:
-            self.callback(record)
-
-    def _validate(self) -> None:
-        if self.main:
-            self.validation = validate(unwrap(self.net), self.val_images, self.val_poses, self.reference_pose,
-                                       self.center, self.points)
-            self._emit("validation", step=self.step, elapsed_s=self.elapsed, **self.validation)
-        self.context.barrier()
-
-    # ---- the loop
+    def _metric(self) -> dict:
+        """The fields of a progress record that say how good the model is now."""
+        return {"stage": self.pool.stage, "val_mtre_mm": self.validation.get("mtre_mm_median")}
 
     def _train_step(self, budget: Budget) -> dict:
         config = self.config
@@ -306,82 +219,3 @@ class _TrainingRun:
         self.optimizer.step()
         return {"loss": float(loss.detach()), "pose_loss": float(pose.detach()), "lr": lr,
                 "structure_loss": None if structure is None else float(structure.detach())}
-
-    def _elapsed(self, budget: Budget) -> float:
-        """Training time (s); under DDP rank 0's, so that every rank takes the same decisions."""
-        budget.sync(None)
-        value = self.context.broadcast_float(budget.elapsed)
-        budget.sync(value)
-        self.elapsed = value
-        return value
-
-    def run(self) -> TrainResult:
-        config, context = self.config, self.context
-        budget = Budget(steps=config.steps, seconds=config.budget_seconds, start_step=self.step,
-                        start_elapsed=self.elapsed)
-        self._emit("start", steps=config.steps, minutes=config.minutes, image_size=config.network.image_size,
-                   batch_size=config.batch_size, world_size=context.world_size, device=str(self.device),
-                   resumed_step=self.step, pool_images=config.pool_images)
-        bar = self._bar(budget)
-        resumed_step = self.step
-        last_validation = last_checkpoint = self._elapsed(budget)
-        window_step, window_time = self.step, last_validation
-        completed = (self.generator.get_state(), torch.get_rng_state())  # the generators after the last full step
-        validated_at = None
-        try:
-            while not budget.done(self.step) or self.step == 0:  # a time budget still takes one step
-                self.pool.update(budget.progress(self.step))
-                losses = self._train_step(budget)
-                self.step += 1
-                completed = (self.generator.get_state(), torch.get_rng_state())
-                elapsed = self._elapsed(budget)
-                if config.validate_every > 0 and elapsed - last_validation >= config.validate_every:
-                    self._validate()
-                    last_validation, validated_at = elapsed, self.step
-                last = budget.done(self.step)
-                if self.main and (self.step % config.log_every == 0 or last):
-                    rate = (self.step - window_step) * config.batch_size * context.world_size / max(
-                        elapsed - window_time, 1e-9)
-                    window_step, window_time = self.step, elapsed
-                    self._emit("progress", step=self.step, steps=config.steps, fraction=budget.progress(self.step),
-                               elapsed_s=elapsed, eta_s=budget.eta(self.step), **losses, images_per_s=rate,
-                               stage=self.pool.stage, val_mtre_mm=self.validation.get("mtre_mm_median"))
-                if bar is not None:
-                    bar.update((self.step if config.steps else int(elapsed)) - bar.n)
-                    mtre = self.validation.get("mtre_mm_median")
-                    bar.set_postfix_str(f"loss {losses['loss']:.3g}, val mTRE "
-                                        f"{'-' if mtre is None else f'{mtre:.1f} mm'}", refresh=False)
-                if (self.path is not None and config.checkpoint_every > 0 and not last
-                        and elapsed - last_checkpoint >= config.checkpoint_every):
-                    self._checkpoint(complete=False)
-                    last_checkpoint = elapsed
-        except KeyboardInterrupt:
-            # the progress so far, at the last completed step; an interrupt before this session's first step leaves
-            # the file as it was (an earlier model or checkpoint there is not replaced by untrained weights)
-            if self.main and self.path is not None and self.step > resumed_step:
-                self.generator.set_state(completed[0])
-                torch.set_rng_state(completed[1])
-                self._save(complete=False)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        if validated_at != self.step:
-            self._validate()
-        if self.path is not None:
-            self._checkpoint(complete=True)
-        self._emit("done", step=self.step, elapsed_s=self.elapsed,
-                   mtre_mm_median=self.validation.get("mtre_mm_median"),
-                   path=None if self.path is None else str(self.path))
-        model = unwrap(self.net).eval()
-        return TrainResult(model=model, history=self.history, validation=self.validation, step=self.step,
-                           elapsed_s=self.elapsed, checkpoint_path=self.path, config=config)
-
-    def _bar(self, budget: Budget):
-        if not self.bar_enabled:
-            return None
-        from tqdm import tqdm
-
-        total = self.config.steps if self.config.steps else int(math.ceil(budget.seconds))
-        return tqdm(total=total, initial=self.step if self.config.steps else int(budget.elapsed), file=sys.stderr,
-                    unit="step" if self.config.steps else "s", desc="training", dynamic_ncols=True, leave=True)
