@@ -78,7 +78,8 @@ class DiffReg(ScriptedLoadableModule):
             "network trained on this CT), press <b>Render DRR</b> to preview and <b>Register</b> to optimise.<br><br>"
             "<b>Train pose network</b> trains, in a background process, a network on DRRs of this CT around the "
             "start view; with the start 'pose network (model file)' it predicts the start from the X-ray "
-            "itself.<br><br>"
+            "itself. With Network 'learned similarity' it trains a similarity instead: the similarity "
+            "'learned (model file)' then registers on it and polishes with an image similarity.<br><br>"
             "Geometry convention: the output transform places the C-arm frame in patient RAS (source at the "
             "origin, +z along the principal ray towards the detector, +x along detector columns, +y along rows, "
             "mm); the CT does not move. The DRR and a copy of the X-ray lie on the detector plane under that "
@@ -130,7 +131,9 @@ class DiffRegParameterNode:
     secondSecondaryAngle: Annotated[float, WithinRange(-90.0, 90.0)] = 0.0
     # options
     renderer: Annotated[str, Choice(list(settings.RENDERERS))] = "siddon"
-    similarity: Annotated[str, Choice(list(settings.SIMILARITIES))] = "zncc"
+    similarity: Annotated[str, Choice(list(settings.SIMILARITY_CHOICES))] = "zncc"
+    similarityModelPath: pathlib.Path = pathlib.Path()
+    polishSimilarity: Annotated[str, Choice(list(settings.POLISH_SIMILARITIES))] = "zncc"
     optimizer: Annotated[str, Choice(list(settings.OPTIMIZERS))] = "adam"
     levels: str = "8 4 2 1"
     iterations: Annotated[int, WithinRange(1, 100000)] = 150
@@ -146,12 +149,14 @@ class DiffRegParameterNode:
     robust: Annotated[str, Choice(list(settings.ROBUST_WEIGHTS))] = "none"
     footprintMask: bool = False
     nuisance: Annotated[str, Choice(list(settings.NUISANCES))] = "none"
-    # training a pose network (background process)
+    # training a network (background process): the pose network or the learned similarity
+    trainingKind: Annotated[str, Choice(list(settings.TRAINING_KINDS))] = settings.TRAINING_POSE
     trainingMinutes: Annotated[float, WithinRange(0.1, 10080.0)] = 10.0
     trainingImageSize: Annotated[int, WithinRange(32, 1024)] = 128
     trainingMaxRotation: Annotated[float, WithinRange(0.0, 180.0)] = 30.0
     trainingMaxTranslation: Annotated[float, WithinRange(0.0, 1000.0)] = 40.0
     trainingBackbone: Annotated[str, Choice(list(settings.BACKBONES))] = "efficientnet-b0"
+    trainingEmbedding: Annotated[str, Choice(list(settings.EMBEDDINGS))] = "so4"
     trainingDevice: Annotated[str, Choice(list(settings.DEVICES))] = "auto"
     trainingModelPath: pathlib.Path = pathlib.Path()
     # outputs
@@ -184,6 +189,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runIterations = 1
         self._trainingRun = None  # DiffRegLogic.mrml.TrainingRun while a training process runs
         self._trainingNode = None  # the parameter node the training was started from
+        self._trainingKind = settings.TRAINING_POSE  # what it trains (settings.TRAINING_KINDS)
         self._trainingTimer = None
 
     def setup(self) -> None:
@@ -297,6 +303,9 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.enabled = not fromTransform
         for widget in (self.ui.tubeVoltageSpinBox, self.ui.filtrationSpinBox):
             widget.enabled = node.polychromatic
+        learned = node.similarity == settings.SIMILARITY_LEARNED
+        self.ui.similarityModelPathLineEdit.enabled = learned
+        self.ui.polishSimilarityComboBox.enabled = learned
         for widget in (self.ui.searchRotationSpinBox, self.ui.searchTranslationSpinBox):
             widget.enabled = node.search != "local"
         secondView = node.secondXrayVolume is not None
@@ -304,20 +313,26 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.secondPrimaryAngleSliderWidget, self.ui.secondSecondaryAngleSliderWidget):
             widget.enabled = secondView and not node.secondAnglesFromXray
         reason = self._whyNotReady(node)
-        for button in (self.ui.renderButton, self.ui.registerButton):
-            button.enabled = reason is None
-            button.toolTip = reason or ""
+        self.ui.renderButton.enabled = reason is None
+        self.ui.renderButton.toolTip = reason or ""
+        reason = reason or self._whyNotReadyToRegister(node)  # the preview needs no similarity model
+        self.ui.registerButton.enabled = reason is None
+        self.ui.registerButton.toolTip = reason or ""
         self.ui.readGeometryButton.enabled = node.xrayVolume is not None and not self._running
         training = self._trainingRun is not None
         reason = self._whyNotReadyToTrain(node)
+        similarity = node.trainingKind == settings.TRAINING_SIMILARITY
         self.ui.trainButton.enabled = reason is None
-        self.ui.trainButton.toolTip = reason or _("Train a pose network on DRRs of the CT in a background process")
+        self.ui.trainButton.toolTip = reason or (
+            _("Train a learned similarity on DRRs of the CT in a background process") if similarity else
+            _("Train a pose network on DRRs of the CT in a background process"))
         self.ui.stopTrainingButton.enabled = training
-        for widget in (self.ui.trainingMinutesSpinBox, self.ui.trainingImageSizeSpinBox,
+        for widget in (self.ui.trainingKindComboBox, self.ui.trainingMinutesSpinBox, self.ui.trainingImageSizeSpinBox,
                        self.ui.trainingMaxRotationSpinBox, self.ui.trainingMaxTranslationSpinBox,
-                       self.ui.trainingBackboneComboBox, self.ui.trainingDeviceComboBox,
-                       self.ui.trainingModelPathLineEdit):
+                       self.ui.trainingDeviceComboBox, self.ui.trainingModelPathLineEdit):
             widget.enabled = not training
+        self.ui.trainingBackboneComboBox.enabled = not training and not similarity  # the pose network's
+        self.ui.trainingEmbeddingComboBox.enabled = not training and similarity  # the learned similarity's
 
     def _whyNotReadyToTrain(self, node):
         if self._trainingRun is not None:
@@ -343,6 +358,15 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return _("Select the initial transform, or start from C-arm angles")
         if node.initialPoseMode == settings.POSE_FROM_NETWORK and not settings.path_is_set(node.poseModelPath):
             return _("Choose the pose network's model file under Initial pose, or train one")
+        return None
+
+    def _whyNotReadyToRegister(self, node):
+        if node.similarity == settings.SIMILARITY_LEARNED and not settings.path_is_set(node.similarityModelPath):
+            return _("Choose the learned similarity's model file under Options, or train one "
+                     "(Train pose network, Network 'learned similarity')")
+        if node.similarity == settings.SIMILARITY_LEARNED and node.secondXrayVolume is not None:
+            return _("The learned similarity registers one X-ray: clear the second X-ray, or pick an image "
+                     "similarity")
         return None
 
     # ---- actions --------------------------------------------------------
@@ -374,7 +398,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = done.message
             self.ui.resultsLabel.text = _(
                 "{similarity}: {before:.4f} → {after:.4f} · iterations {iterations} · {seconds:.1f} s · {state}"
-            ).format(similarity=node.similarity, before=result.initial_similarity,
+            ).format(similarity=done.similarity or node.similarity, before=result.initial_similarity,
                      after=result.similarity, iterations=result.iterations, seconds=result.seconds,
                      state=_("converged") if result.converged else (
                          _("cancelled") if result.cancelled else _("not converged")))
@@ -402,7 +426,7 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.trainingStatusLabel.text = _("Exporting the CT and the geometry…")
             slicer.app.processEvents()
             self._trainingRun = self.logic.startTraining(node)
-            self._trainingNode = node
+            self._trainingNode, self._trainingKind = node, node.trainingKind
             self.ui.trainingStatusLabel.text = self._trainingRun.monitor.status()
             self._trainingTimer.start()
             self._onParameterNodeModified()
@@ -439,7 +463,8 @@ class DiffRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._trainingNode = None
         if saved and monitor.state in ("done", "cancelled") and trained is not None \
                 and trained.parameterNode.GetScene() is not None:  # its scene was not closed meanwhile
-            trained.poseModelPath = pathlib.Path(saved)  # ready for the start 'pose network (model file)'
+            # ready for the start 'pose network (model file)', or the similarity 'learned (model file)'
+            setattr(trained, settings.TRAINED_MODEL_FIELDS[self._trainingKind], pathlib.Path(saved))
         if self._parameterNode is not None:
             self._onParameterNodeModified()
 
@@ -662,6 +687,9 @@ class DiffRegLogic(ScriptedLoadableModuleLogic):
 
     def startTraining(self, parameterNode, launch=None):
         """Start ``diffreg train`` in a background process for the parameter node; returns its `TrainingRun`.
+
+        ``trainingKind`` picks the network: the pose network, or the learned
+        similarity (``diffreg train --kind similarity --embedding ...``).
 
         The CT, detector and reference view are written to a temporary
         folder (removed when the process ended); the model goes to

@@ -2,7 +2,10 @@
 
 Every function takes a `Setup` (the panel's settings, nodes included) and
 the scene; input nodes are only read, results go to output nodes
-(`DiffRegLogic.mrml.outputs`).
+(`DiffRegLogic.mrml.outputs`). With the similarity "learned (model file)"
+the registration runs on the learned similarity network of
+``similarityModelPath`` and then polishes with ``polishSimilarity``
+(`DiffRegLogic.learning.similarity_inference.register_learned`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import InputError
 from ..geometry.detector import Detector
 from ..volume.ct import Volume
 from ..xray.convention import resolve_at_pose
@@ -23,8 +27,9 @@ from .matrices import parent_to_world
 from .nodes import _write_volume, volume_from_node, xray_from_node
 from .outputs import (DERIVED_ROLES, Outputs, ensure_outputs, place_outputs, restore_on_failure,
                       write_detector_images, write_loss_curve, write_pose)
+from .learned import _final_measure, _stage_notes, _stage_progress, load_learned_similarity, similarity_label
 from .poses import initial_pose, network_initializer
-from .settings import POSE_FROM_NETWORK, Setup
+from .settings import POLISH_NONE, POSE_FROM_NETWORK, SIMILARITY_LEARNED, Setup, learned_model_path
 from .views import second_view
 
 
@@ -159,16 +164,29 @@ def registration_options(setup: Setup):
     """`RegistrationOptions` of the setup (through `make_options`, the one place options are built).
 
     The panel's Options numbers are checked first (InputError naming the field).
+    With the learned similarity the options' similarity is the polish measure
+    (``"zncc"`` without a polish): `register_learned` puts the learned
+    similarity in its place for the registration and polishes with the
+    named one. Levenberg-Marquardt works with the learned similarity (it has
+    a residual); a polish measure without a residual is refused with it.
     """
     from ..registration.options import make_options
 
     check_option_fields(setup)
-    return make_options(optimizer=setup.optimizer, similarity=setup.similarity, renderer=setup.renderer,
-                        levels=setup.level_factors(), max_iterations=int(setup.iterations),
-                        n_starts=int(setup.starts), max_memory_mb=float(setup.maxMemoryMb), search=setup.search,
-                        search_rotation_deg=float(setup.searchRotation),
-                        search_translation_mm=float(setup.searchTranslation), robust=setup.robust,
-                        footprint_mask=bool(setup.footprintMask), nuisance=setup.nuisance)
+    learned = setup.similarity == SIMILARITY_LEARNED
+    options = make_options(optimizer=setup.optimizer, similarity="zncc" if learned else setup.similarity,
+                           renderer=setup.renderer, levels=setup.level_factors(), max_iterations=int(setup.iterations),
+                           n_starts=int(setup.starts), max_memory_mb=float(setup.maxMemoryMb), search=setup.search,
+                           search_rotation_deg=float(setup.searchRotation),
+                           search_translation_mm=float(setup.searchTranslation), robust=setup.robust,
+                           footprint_mask=bool(setup.footprintMask), nuisance=setup.nuisance)
+    if learned and setup.polishSimilarity != POLISH_NONE:
+        try:
+            options = make_options(options, similarity=setup.polishSimilarity)
+        except InputError as error:
+            raise InputError(f"Options > Polish similarity (polishSimilarity) {setup.polishSimilarity!r} does not "
+                             f"work with the optimizer {setup.optimizer!r}: {error}; or choose polish 'none'") from None
+    return options
 
 
 def render_preview(scene, setup: Setup, pose=None, file_for_instance=None) -> Outputs:
@@ -209,6 +227,7 @@ class SceneResult:
     chart: Any
     message: str
     notes: list = dataclasses.field(default_factory=list)  # detected conventions, per-view similarities, search
+    similarity: str = ""  # how the results name the similarity (`similarity_label`): "zncc", "learned + polish zncc"
 
 
 def run_registration(scene, setup: Setup, progress: Callable | None = None, cancel: Callable[[], bool] | None = None,
@@ -221,20 +240,30 @@ def run_registration(scene, setup: Setup, progress: Callable | None = None, canc
     best pose so far and the DRR node shows that pose, rendered on the same
     detector with at most ``live_pixels`` pixels per side (it covers the
     same detector area, so the overlay stays aligned) from a CT averaged to
-    that pixel size, so the preview costs little next to an iteration. ``cancel()`` returning True stops the run: the best pose so
-    far is written and the message says so. Bad input raises InputError
+    that pixel size, so the preview costs little next to an iteration.
+    ``cancel()`` returning True stops the run: the best pose so far is
+    written and the message says so. Bad input raises InputError
     before any output is touched; if the run fails later, every output node
     gets its previous content back and the nodes it created are removed
     (`restore_on_failure`). Input nodes are only read.
+
+    With the similarity "learned (model file)", its model file is checked
+    before any node is read and loaded (it refuses another CT or detector)
+    before any output is touched; the run is `register_learned` with the
+    polish of ``polishSimilarity``, and the message names both
+    ("learned + polish zncc") and each stage.
     """
     options = registration_options(setup)
+    learned_model_path(setup)  # the learned similarity's model file and views: before any node is read
     inputs = read_inputs(setup, file_for_instance)
+    learned = load_learned_similarity(setup, inputs)
     with restore_on_failure(scene, setup):
-        return _register_into_outputs(scene, setup, options, inputs, progress, cancel, live_every, live_pixels)
+        return _register_into_outputs(scene, setup, options, inputs, progress, cancel, live_every, live_pixels,
+                                      learned)
 
 
 def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progress, cancel, live_every: int,
-                           live_pixels: int) -> SceneResult:
+                           live_pixels: int, learned=None) -> SceneResult:
     """`run_registration` after its inputs were read; the caller undoes the outputs if this raises."""
     from ..drr.rendering import render
     from ..registration.engine import register
@@ -245,10 +274,17 @@ def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progres
     xray_image = inputs.xray.image.cpu().numpy()
     write_detector_images(outputs, inputs.detector, xray=xray_image)
     live = preview_level(inputs.volume, inputs.detector, inputs.pose, live_pixels)
+    label = similarity_label(setup)
+    polish = None if learned is None or setup.polishSimilarity == POLISH_NONE else setup.polishSimilarity
+    stage_of = _stage_progress(polish is not None) if learned is not None else None
 
     def callback(info) -> None:
+        measure = setup.similarity
+        if stage_of is not None:
+            info, stage = stage_of(info)
+            measure = "learned" if stage == 0 else polish
         text = (f"level {info.level + 1}/{info.n_levels}, iteration {info.iteration + 1}: "
-                f"{setup.similarity} {info.similarity:.4f}")
+                f"{measure} {info.similarity:.4f}")
         if live_every and info.pose is not None and info.total_iterations % live_every == 0:
             write_pose(outputs, info.pose, setup.transformMeaning, setup.inputVolume, inputs.ct_parent)
             with torch.no_grad():
@@ -265,7 +301,12 @@ def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progres
         start = FixedPose(inputs.starts)
     try:
         device = inputs.volume.mu.device
-        if inputs.second is None:
+        if learned is not None:  # the learned similarity, then the polish (`register_learned`)
+            from ..learning.similarity_inference import register_learned
+
+            result = register_learned(inputs.volume, inputs.xray.image.to(device), inputs.detector, start, options,
+                                      learned, polish=polish, mask=inputs.xray.mask, callback=callback, cancel=cancel)
+        elif inputs.second is None:
             result = register(inputs.volume, inputs.xray.image.to(device), inputs.detector, start, options,
                               mask=inputs.xray.mask, callback=callback, cancel=cancel)
         else:
@@ -283,16 +324,18 @@ def _register_into_outputs(scene, setup: Setup, options, inputs: Inputs, progres
         raise _resource_errors(exc) from exc
     write_pose(outputs, result.pose, setup.transformMeaning, setup.inputVolume, inputs.ct_parent)
     write_detector_images(outputs, inputs.detector, drr=drr)
-    chart = write_loss_curve(scene, outputs, result.trace, setup.similarity)
+    final = label if learned is None else _final_measure(result, polish)  # what the final numbers measure
+    chart = write_loss_curve(scene, outputs, result.trace, final)
     state = ("cancelled: the best pose so far was written" if result.cancelled else
              "converged" if result.converged else f"stopped ({result.stop_reason.replace('_', ' ')})")
-    message = (f"{state}; {setup.similarity} {result.initial_similarity:.4f} -> {result.similarity:.4f} in "
+    measured = label if final == label else f"{label}: {final}"
+    message = (f"{state}; {measured} {result.initial_similarity:.4f} -> {result.similarity:.4f} in "
                f"{result.iterations} iterations, {result.seconds:.1f} s")
-    notes = ([inputs.start_note] if inputs.start_note else []) + inputs.detected()
+    notes = ([inputs.start_note] if inputs.start_note else []) + inputs.detected() + _stage_notes(result)
     if getattr(result, "view_similarities", None) is not None and len(result.view_similarities) > 1:
         notes.append("views: " + ", ".join(f"{v:.4f}" for v in result.view_similarities))
     if getattr(result, "search", None):
         notes.append(f"wide search tried {result.search.get('candidates')} candidate poses")
     if notes:
         message += "; " + "; ".join(notes)
-    return SceneResult(result, outputs, chart, message, notes)
+    return SceneResult(result, outputs, chart, message, notes, label)

@@ -8,7 +8,11 @@ tables (`DiffRegLogic.drr.backends.RENDERERS`,
 `DiffRegLogic.similarity.registry.SIMILARITIES`,
 `DiffRegLogic.registration.optimizers.OPTIMIZERS`,
 `DiffRegLogic.xray.intensity.INTENSITY_CONVENTIONS`), so a measure or
-optimiser added to the engine appears in the panel. This module imports
+optimiser added to the engine appears in the panel. The similarity choice
+adds one entry of the panel's own, `SIMILARITY_LEARNED` ("learned (model
+file)"): a learned similarity network read from ``similarityModelPath``
+(`DiffRegLogic.learning.similarity_inference`), followed by a polish with
+the image similarity ``polishSimilarity`` ("none" or an engine name). This module imports
 neither torch nor Slicer (nor do those tables), so the module file can build
 its parameter node class from these choices before torch is installed.
 
@@ -49,29 +53,47 @@ OVERLAY_MODES = ("blend", "difference", "checkerboard")
 DEVICES = ("auto", "cpu", "cuda")
 RENDERERS = tuple(_RENDERERS)
 SIMILARITIES = tuple(_SIMILARITIES)
+"""The engine's image similarities, by name, in its order."""
+SIMILARITY_LEARNED = "learned (model file)"
+"""The similarity choice that registers on a learned similarity network (its model file: ``similarityModelPath``)."""
+SIMILARITY_CHOICES = SIMILARITIES + (SIMILARITY_LEARNED,)
+"""The panel's similarity choices: the engine's names, then the learned similarity."""
+POLISH_NONE = "none"
+POLISH_SIMILARITIES = (POLISH_NONE,) + SIMILARITIES
+"""After the learned similarity: polish at the finest level with this image similarity, or not ("none")."""
 OPTIMIZERS = tuple(_OPTIMIZERS)
 SEARCHES = tuple(_SEARCHES)
 ROBUST_WEIGHTS = tuple(_ROBUST_WEIGHTS)
 NUISANCES = tuple(_NUISANCES)
 BACKBONES = ("efficientnet-b0", "small")  # `diffreg train --backbone` (DiffRegLogic.cli.train.BACKBONES)
+TRAINING_POSE = "pose network"
+TRAINING_SIMILARITY = "learned similarity"
+TRAINING_KINDS = (TRAINING_POSE, TRAINING_SIMILARITY)
+"""What the training section trains: ``diffreg train`` (the pose network) or ``diffreg train --kind similarity``."""
+TRAINED_MODEL_FIELDS = {TRAINING_POSE: "poseModelPath", TRAINING_SIMILARITY: "similarityModelPath"}
+"""The field a finished training of each kind fills with the model it wrote."""
+EMBEDDINGS = ("so4", "se3", "euclidean")  # `diffreg train --embedding` (DiffRegLogic.learning.so4.EMBEDDINGS)
 
 CHOICES = {
     "xrayIntensity": INTENSITIES,
     "initialPoseMode": INITIAL_POSE_MODES,
     "renderer": RENDERERS,
-    "similarity": SIMILARITIES,
+    "similarity": SIMILARITY_CHOICES,
+    "polishSimilarity": POLISH_SIMILARITIES,
     "optimizer": OPTIMIZERS,
     "search": SEARCHES,
     "robust": ROBUST_WEIGHTS,
     "nuisance": NUISANCES,
     "device": DEVICES,
+    "trainingKind": TRAINING_KINDS,
     "trainingBackbone": BACKBONES,
+    "trainingEmbedding": EMBEDDINGS,
     "trainingDevice": DEVICES,
     "transformMeaning": TRANSFORM_MEANINGS,
     "overlayMode": OVERLAY_MODES,
 }
 NODE_FIELDS = ("inputVolume", "xrayVolume", "secondXrayVolume", "initialTransform", "outputTransform", "outputDrr")
-PATH_FIELDS = ("poseModelPath", "trainingModelPath")
+PATH_FIELDS = ("poseModelPath", "similarityModelPath", "trainingModelPath")
 """Fields holding a file path (`pathlib.Path`; ``Path()``, shown as ".", means "not set")."""
 
 
@@ -115,7 +137,9 @@ class Setup:
     secondSecondaryAngle: float = 0.0  # deg, CRA + / CAU -
     # options
     renderer: str = "siddon"
-    similarity: str = "zncc"
+    similarity: str = "zncc"  # an engine name, or SIMILARITY_LEARNED
+    similarityModelPath: pathlib.Path = pathlib.Path()  # SIMILARITY_LEARNED: the .pt `train --kind similarity` wrote
+    polishSimilarity: str = "zncc"  # SIMILARITY_LEARNED: then polish at the finest level with this ("none": no polish)
     optimizer: str = "adam"
     levels: str = "8 4 2 1"  # downsampling factors, coarse to fine
     iterations: int = 150  # per level
@@ -133,12 +157,14 @@ class Setup:
     robust: str = "none"  # none | tukey
     footprintMask: bool = False
     nuisance: str = "none"  # none | scatter
-    # training a pose network in a background process (`DiffRegLogic.mrml.training`, `diffreg train`)
+    # training a network in a background process (`DiffRegLogic.mrml.training`, `diffreg train`)
+    trainingKind: str = TRAINING_POSE  # pose network | learned similarity (`diffreg train --kind similarity`)
     trainingMinutes: float = 10.0  # time budget, minutes
     trainingImageSize: int = 128  # network input side, pixels (a multiple of 32)
     trainingMaxRotation: float = 30.0  # deg, +- about each axis around the reference view
     trainingMaxTranslation: float = 40.0  # mm, +- along each axis
-    trainingBackbone: str = "efficientnet-b0"  # efficientnet-b0 (the poster's) | small (fast on CPU)
+    trainingBackbone: str = "efficientnet-b0"  # pose network: efficientnet-b0 (the poster's) | small (fast on CPU)
+    trainingEmbedding: str = "so4"  # learned similarity: so4 (the paper's) | se3 | euclidean
     trainingDevice: str = "auto"
     trainingModelPath: pathlib.Path = pathlib.Path()  # where the model (.pt) is saved
     # outputs
@@ -175,6 +201,35 @@ class Setup:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise InputError(f"{name} is {getattr(self, name)!r}; choose one of {', '.join(choices)}")
+
+
+def learned_model_path(setup: Setup) -> pathlib.Path | None:
+    """The learned similarity's model file when the similarity is `SIMILARITY_LEARNED`, else None (InputError if bad).
+
+    Checked before any node is read: the model file is chosen and exists,
+    and there is one X-ray (the learned similarity registers a single
+    view). Whether the model fits this CT and detector is the model file's
+    own check when it is loaded (`DiffRegLogic.learning.similarity_inference.load_similarity`).
+    """
+    if setup.similarity != SIMILARITY_LEARNED:
+        return None
+    label = "Options > Similarity model file (similarityModelPath)"
+    path = setup.similarityModelPath
+    if not path_is_set(path):
+        raise InputError(f"the similarity is {SIMILARITY_LEARNED!r} but no model file is chosen: choose the .pt file "
+                         f"of a trained similarity under {label} (train one under 'Train pose network' with Network "
+                         f"'{TRAINING_SIMILARITY}', or with `diffreg train --kind similarity`), or pick an image "
+                         "similarity")
+    path = pathlib.Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{label}: {path} is a folder; choose the learned similarity's .pt model file")
+    if not path.is_file():
+        raise InputError(f"the learned similarity's model file {path} does not exist; choose the .pt file the "
+                         f"similarity training saved under {label}")
+    if setup.secondXrayVolume is not None:
+        raise InputError(f"the similarity {SIMILARITY_LEARNED!r} registers one X-ray: clear Inputs > Second X-ray "
+                         "(secondXrayVolume), or pick an image similarity to register both views")
+    return path
 
 
 def write_parameter_node(parameter_node, setup: Setup) -> None:

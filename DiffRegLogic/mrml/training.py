@@ -1,8 +1,11 @@
-"""Training a pose network from the panel: the inputs as files, the command line, the background process.
+"""Training a network from the panel: the inputs as files, the command line, the background process.
 
 The Slicer panel's "Train pose network" section runs ``diffreg train`` as a
 background process (``python -u -m DiffRegLogic.cli train ... --progress
-json``) so the GUI never waits for it. This module is the engine side of
+json``) so the GUI never waits for it. Its ``trainingKind`` picks the
+network: the pose network (``diffreg train``) or the learned similarity
+(``diffreg train --kind similarity --embedding so4|se3|euclidean``); both
+write a ``.pt`` model and report the same JSON progress lines. This module is the engine side of
 that bridge, Qt-free and importable without torch:
 
 * `check_training_fields`: the section's numbers and the model path, checked
@@ -29,9 +32,16 @@ from typing import Callable, Sequence
 
 from .. import limits
 from ..errors import InputError
-from .settings import POSE_FROM_ANGLES, POSE_FROM_NETWORK, Setup, path_is_set
-from .training_process import (CANCELLED, DONE, FAILED, IDLE, RUNNING, SIGNAL_EXITS, TERMINATE_GRACE_S,  # noqa: F401
+from .settings import (POSE_FROM_ANGLES, POSE_FROM_NETWORK, TRAINED_MODEL_FIELDS, TRAINING_SIMILARITY, Setup,
+                       path_is_set)
+from .training_process import (CANCELLED, DONE, FAILED, IDLE, RUNNING, SIGNAL_EXITS, TERMINATE_GRACE_S,
                                TrainingMonitor, TrainingRun)
+
+__all__ = ["CANCELLED", "DONE", "FAILED", "IDLE", "RUNNING", "SIGNAL_EXITS", "TERMINATE_GRACE_S", "TrainingMonitor",
+           "TrainingRun", "CLI_MODULE", "CT_FILE", "GEOMETRY_FILE", "REFERENCE_POSE_FILE", "MAX_MINUTES",
+           "IMAGE_SIZE_RANGE", "IMAGE_SIZE_MULTIPLE", "MAX_ROTATION_DEG", "MAX_TRANSLATION_MM", "field_label",
+           "check_training_fields", "training_command", "model_field", "engine_root", "TrainingFiles",
+           "export_training_inputs"]
 
 CLI_MODULE = "DiffRegLogic.cli"
 """``python -m CLI_MODULE train ...`` is the training process."""
@@ -64,6 +74,9 @@ def _number(setup: Setup, name: str, low: float, high: float, **kw) -> float | i
 
 def check_training_fields(setup: Setup) -> None:
     """The Train-pose-network section: budget, image size, ranges, choices and the model path (InputError).
+
+    The same for both kinds (pose network, learned similarity); the backbone
+    is the pose network's, the embedding the similarity's.
 
     The model path must name a ``.pt`` file in an existing folder; an
     existing file is replaced by the new model (the panel asks first).
@@ -105,7 +118,8 @@ def training_command(python_executable: str | os.PathLike, ct_path: str | os.Pat
     --max-rot R --max-trans T (--minutes M | --steps N) --image-size S --backbone B --device D
     --progress json [extra_args...]``; paths are made absolute (the process runs in the engine's
     folder, `engine_root`); ``-u``: unbuffered, so each progress line arrives as it is printed.
-    The settings are checked first (`check_training_fields`).
+    With ``trainingKind`` "learned similarity": ``train --kind similarity`` and ``--embedding E``
+    in place of ``--backbone B``. The settings are checked first (`check_training_fields`).
     """
     check_training_fields(settings)
     if steps is not None:
@@ -114,16 +128,27 @@ def training_command(python_executable: str | os.PathLike, ct_path: str | os.Pat
     def absolute(path) -> str:
         return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
-    command = [os.fspath(python_executable), "-u", "-m", CLI_MODULE, "train", "--ct", absolute(ct_path),
-               "--geometry", absolute(geometry_path)]
+    similarity = settings.trainingKind == TRAINING_SIMILARITY
+    command = [os.fspath(python_executable), "-u", "-m", CLI_MODULE, "train"]
+    command += ["--kind", "similarity"] if similarity else []
+    command += ["--ct", absolute(ct_path), "--geometry", absolute(geometry_path)]
     if reference_pose_path is not None:
         command += ["--reference-pose", absolute(reference_pose_path)]
     command += ["--out", absolute(model_path), "--max-rot", _g(settings.trainingMaxRotation),
                 "--max-trans", _g(settings.trainingMaxTranslation)]
     command += ["--steps", str(steps)] if steps is not None else ["--minutes", _g(settings.trainingMinutes)]
-    command += ["--image-size", str(int(settings.trainingImageSize)), "--backbone", settings.trainingBackbone,
-                "--device", settings.trainingDevice, "--progress", "json"]
+    command += ["--image-size", str(int(settings.trainingImageSize))]
+    command += ["--embedding", settings.trainingEmbedding] if similarity else ["--backbone", settings.trainingBackbone]
+    command += ["--device", settings.trainingDevice, "--progress", "json"]
     return command + [str(a) for a in extra_args]
+
+
+def model_field(kind: str) -> str:
+    """The `Setup` field a finished training of ``kind`` (a `settings.TRAINING_KINDS` value) fills with its model."""
+    try:
+        return TRAINED_MODEL_FIELDS[kind]
+    except KeyError:
+        raise InputError(f"trainingKind is {kind!r}; choose one of {', '.join(TRAINED_MODEL_FIELDS)}") from None
 
 
 def engine_root() -> str:

@@ -153,7 +153,8 @@ class TrainingMonitor:
         return self.model_path if self.done is not None else None
 
     def status(self) -> str:
-        """One human line: the latest progress (step, loss, validation mTRE, ETA) or the outcome."""
+        """One human line: the latest progress (step, loss, validation mTRE or, for a learned similarity, the
+        validation cosine, ETA) or the outcome."""
         from ..learning.progress import format_progress
 
         if self.state == DONE:

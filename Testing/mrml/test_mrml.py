@@ -575,7 +575,9 @@ def _stored_setup(scene, tmp_path):
                        principalPointAtCenter=False, principalPointColumn=12.5, overlayOpacity=0.25,
                        transformMeaning=settings.PATIENT_IN_CARM, secondXrayVolume=second,
                        secondAnglesFromXray=False, secondPrimaryAngle=-80.5, polychromatic=True, tubeVoltage=100.0,
-                       search="wide", searchRotation=30.0, robust="tukey", footprintMask=True, nuisance="scatter")
+                       search="wide", searchRotation=30.0, robust="tukey", footprintMask=True, nuisance="scatter",
+                       similarityModelPath=tmp_path / "sim.pt", polishSimilarity="mse",
+                       trainingKind=settings.TRAINING_SIMILARITY, trainingEmbedding="se3")
     mrml.ensure_outputs(scene, setup)
     node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
     node.SetAttribute("ModuleName", "DiffReg")

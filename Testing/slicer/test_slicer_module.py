@@ -592,9 +592,10 @@ def test_choices_are_engine_names():
     assert settings.SIMILARITIES == tuple(SIMILARITIES)
     assert settings.OPTIMIZERS == tuple(OPTIMIZERS)
     assert settings.RENDERERS == tuple(RENDERERS)
-    for field, table in (("xrayIntensity", INTENSITY_CONVENTIONS), ("similarity", SIMILARITIES),
-                         ("optimizer", OPTIMIZERS), ("renderer", RENDERERS)):
+    for field, table in (("xrayIntensity", INTENSITY_CONVENTIONS), ("optimizer", OPTIMIZERS), ("renderer", RENDERERS)):
         assert settings.CHOICES[field] == tuple(table), field
+    # the engine's similarities, then the learned one (a model file, not a registry name)
+    assert settings.CHOICES["similarity"] == tuple(SIMILARITIES) + (settings.SIMILARITY_LEARNED,)
 
 
 def test_slicer_side_never_imports_matplotlib():
