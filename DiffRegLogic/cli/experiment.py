@@ -1,13 +1,12 @@
-"""``diffreg experiment landscape|robustness|polychromatic|realism|ablation``: the experiments as CSV, Markdown, PNG.
+"""``diffreg experiment landscape|robustness|polychromatic|realism|ablation|similarity-*``: CSV, Markdown, PNG.
 
-``ablation`` trains the pose network once per row of the poster's Table 3
-(``--rows``, `DiffRegLogic.experiments.ABLATION_ROWS`) with the same budget
-(``--train-minutes`` or ``--train-steps``) and tests each on ``--n`` held-out
-DRRs (`DiffRegLogic.experiments.ablation_study`).
-
-``realism`` registers simulated X-rays with documented degradations
-(``--presets``, `DiffRegLogic.physics.xray_simulation.PRESETS`) per
-registration variant (``--variants``, `DiffRegLogic.experiments.REALISM_VARIANTS`).
+``ablation`` trains the pose network once per row of the poster's Table 3 (``--rows``, `experiments.ABLATION_ROWS`)
+with the same budget (``--train-minutes`` or ``--train-steps``) and tests each on ``--n`` held-out DRRs.
+``realism`` registers simulated X-rays with documented degradations (``--presets``,
+`physics.xray_simulation.PRESETS`) per registration variant (``--variants``, `experiments.REALISM_VARIANTS`).
+``similarity-*`` compare learned similarities (``--similarity-models NAME=PATH``, files of ``diffreg train --kind
+similarity``) with image ones (``--similarities``): capture ranges, convergence per optimiser (one model),
+robustness (each model alone and with the ``--polish``) (`experiments.similarity_study`).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from .experiment_similarity import SIMILARITY_KINDS, check_similarity, run_similarity
 from .options import PHANTOM, POLYCHROMATIC, add_engine_options, add_hu_options, add_physics_options, add_realism_options
 
 EXPERIMENT_FILES = {
@@ -25,11 +25,19 @@ EXPERIMENT_FILES = {
     "polychromatic": ("polychromatic.csv", "polychromatic.md", "polychromatic.png", "polychromatic.partial.csv"),
     "realism": ("realism.csv", "realism.md", "realism.png", "realism.partial.csv"),
     "ablation": ("ablation.csv", "ablation_cases.csv", "ablation.md", "ablation.png", "ablation.partial.csv"),
+    "similarity-landscape": ("landscape.csv", "landscape.md", "landscape.png", "capture_range.csv",
+                             "similarity_landscape.md", "similarity_landscape.png"),
+    "similarity-convergence": ("similarity_convergence.csv", "similarity_convergence_starts.csv",
+                               "similarity_convergence.md", "similarity_convergence.png",
+                               "similarity_convergence.partial.csv"),
+    "similarity-robustness": ("similarity_robustness.csv", "similarity_robustness.md", "similarity_robustness.png",
+                              "similarity_robustness.partial.csv"),
 }
 """What each experiment writes into its ``--out`` folder (checked against the inputs before any work)."""
 NEAR_STARTS = (10.0, 20.0)
 """Start range (deg, mm) of the polychromatic and realism experiments: the model's accuracy, not the capture range."""
-DEFAULT_STARTS = {"robustness": 100, "polychromatic": 100, "realism": 10, "ablation": 20}
+DEFAULT_STARTS = {"robustness": 100, "polychromatic": 100, "realism": 10, "ablation": 20, "similarity-robustness": 100,
+                  "similarity-convergence": 10}
 """Random starts per experiment when ``--n`` is not given."""
 CONVENTION_MODES = ("known", "detect")
 """``--convention`` of the realism experiment (`DiffRegLogic.experiments.realism_study.CONVENTION_MODES`)."""
@@ -38,6 +46,14 @@ REALISM_FLAGS = (("noise_photons", None), ("blur_mm", None), ("scatter_fraction"
 """Realism flags (and their defaults) the realism experiment refuses: its presets say the degradations."""
 WIDE_STARTS = (45.0, 60.0)
 """Start range (deg, mm) of the robustness experiment and the landscape's axes (the seed paper's)."""
+CONVERGENCE_STARTS = (20.0, 30.0)
+"""Start range (deg, mm) of the similarity-convergence experiment: starts the learned similarity should capture."""
+DEFAULTS = {"optimizers": ("adam", "gddm", "gdm", "gd"), "levels": (8.0, 4.0, 2.0), "iterations": 150, "polish": "zncc"}
+"""``--optimizers`` (polychromatic and similarity-robustness use the first), ``--levels``, ``--iterations`` and
+``--polish`` when not given, unless `KIND_DEFAULTS` says otherwise."""
+KIND_DEFAULTS = {"similarity-convergence": {"optimizers": ("gd", "adam", "lm"), "levels": (4.0,), "iterations": 50},
+                 "similarity-robustness": {"optimizers": ("adam",)}}
+"""Per-experiment defaults that differ from `DEFAULTS`."""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -45,18 +61,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     from ..experiments import REALISM_VARIANTS
     from ..physics import REALISM_PRESETS
 
-    p.add_argument("kind", choices=["landscape", "robustness", "polychromatic", "realism", "ablation"],
+    p.add_argument("kind", choices=["landscape", "robustness", "polychromatic", "realism", "ablation",
+                                    *SIMILARITY_KINDS],
                    help="polychromatic: a realistic simulated X-ray registered with mono- and polychromatic DRRs; "
                         "realism: X-rays with scatter, noise, instruments, truncation, processing... (--presets) "
                         "registered per variant (--variants); ablation: the pose network's parts (--rows), each "
-                        "trained with the same budget and tested on --n held-out DRRs")
+                        "trained with the same budget and tested on --n held-out DRRs; similarity-*: learned "
+                        "similarities (--similarity-models) against image ones (--similarities): capture range, "
+                        "convergence per optimiser, robustness")
     p.add_argument("--out", required=True, help="output folder (CSV, Markdown, PNG)")
     p.add_argument("--ct", default=PHANTOM, help="CT file or 'phantom' (default)")
     p.add_argument("--xray", default=None, help="X-ray (default: a DRR of the CT at the true pose)")
     p.add_argument("--geometry", default=None, help="detector geometry JSON (default: the demo's 200x200 detector)")
     p.add_argument("--truth", default=None, help="true pose JSON (default: the demo's target pose)")
     p.add_argument("--similarities", nargs="+", default=["zncc"], help="similarities (robustness uses the first)")
-    p.add_argument("--optimizers", nargs="+", default=["adam", "gddm", "gdm", "gd"], help="robustness: optimisers")
+    p.add_argument("--optimizers", nargs="+", default=None,
+                   help="robustness: optimisers (default adam gddm gdm gd); similarity-convergence: default gd adam "
+                        "lm; similarity-robustness: the first (default adam)")
     p.add_argument("--n", type=int, default=None,
                    help="random starts (default 100; realism: 10 per preset and variant)")
     p.add_argument("--max-rot", type=float, default=None,
@@ -66,9 +87,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"range of the translation offsets, mm (default {WIDE_STARTS[1]:g}; polychromatic: "
                         f"{NEAR_STARTS[1]:g})")
     p.add_argument("--points", type=int, default=41, help="landscape: samples per axis (default 41)")
-    p.add_argument("--levels", type=float, nargs="+", default=[8.0, 4.0, 2.0],
-                   help="robustness: pyramid levels (default 8 4 2: the full-size level is left out for speed)")
-    p.add_argument("--iterations", type=int, default=150, help="robustness: iteration cap per level")
+    p.add_argument("--levels", type=float, nargs="+", default=None,
+                   help="robustness: pyramid levels (default 8 4 2: the full-size level is left out for speed; "
+                        "similarity-convergence: 4)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="robustness: iteration cap per level (default 150; similarity-convergence: 50)")
     p.add_argument("--batch", type=int, default=25, help="robustness: starts registered together (default 25)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the starts (default 0); realism: also of the instruments and the noise")
@@ -81,6 +104,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="turn the stored image into a line integral from its known convention (default) or detect it")
     g.add_argument("--detector-pixels", type=int, default=None,
                    help="realism: resample the detector to this many pixels along its longer side (same field)")
+    from ..similarity.registry import SIMILARITIES
+
+    s = p.add_argument_group("learned similarity experiments (similarity-landscape, -convergence, -robustness)")
+    s.add_argument("--similarity-models", nargs="+", default=[], metavar="NAME=PATH",
+                   help="learned similarities to compare, e.g. so4=sim.pt se3=sim_se3.pt euclidean=sim_euc.pt "
+                        "(files of diffreg train --kind similarity); similarity-convergence takes exactly one")
+    s.add_argument("--polish", choices=["none"] + sorted(SIMILARITIES), default=None,
+                   help=f"similarity-robustness: each model runs alone and followed by this polish at full size "
+                        f"(default {DEFAULTS['polish']}; none: alone only)")
     from ..experiments import ABLATION_ROWS
 
     a = p.add_argument_group("ablation experiment (the poses are sampled in --max-rot / --max-trans, default 45 / 60)")
@@ -114,6 +146,7 @@ def check(args):
         _check_realism(args)
     elif args.kind == "ablation":
         _check_ablation(args)
+    models = check_similarity(args)
     if args.kind != "realism" and args.detector_pixels is not None:
         raise InputError("--detector-pixels is for the realism experiment; give a --geometry of that size instead")
     if args.implant:
@@ -122,15 +155,15 @@ def check(args):
     check_number("--n", n_starts(args), 1, 100_000, integer=True)
     check_number("--batch", args.batch, 1, MAX_STARTS, integer=True)
     check_number("--points", args.points, 2, 1001, integer=True)
-    check_number("--iterations", args.iterations, 1, MAX_ITERATIONS, integer=True)
+    check_number("--iterations", given(args, "iterations"), 1, MAX_ITERATIONS, integer=True)
     check_number("--seed", args.seed, *SEED_RANGE, integer=True)
     if args.max_rot is not None:
         check_number("--max-rot", args.max_rot, 0.0, 180.0, unit="deg")
     if args.max_trans is not None:
         check_number("--max-trans", args.max_trans, 0.0, MAX_TRANSLATION_MM, unit="mm")
-    for level in args.levels:
+    for level in given(args, "levels"):
         check_number("--levels", level, 0.0, 1e6, low_open=True)
-    outputs = Outputs([args.ct, args.xray, args.geometry, args.truth])
+    outputs = Outputs([args.ct, args.xray, args.geometry, args.truth, *models.values()])
     outputs.folder(args.out, "--out", EXPERIMENT_FILES[args.kind])
     return outputs
 
@@ -187,6 +220,14 @@ def _check_ablation(args) -> None:
     check_number("--hypotheses", args.hypotheses, 1, 64, integer=True)
 
 
+def given(args, name: str):
+    """``args.<name>`` (a list as a tuple), else the experiment's default (`KIND_DEFAULTS`, `DEFAULTS`)."""
+    value = getattr(args, name)
+    if value is None:
+        return KIND_DEFAULTS.get(args.kind, {}).get(name, DEFAULTS[name])
+    return tuple(value) if isinstance(value, list) else value
+
+
 def n_starts(args) -> int:
     """``--n``, else the experiment's default (`DEFAULT_STARTS`); the namespace is not changed."""
     return DEFAULT_STARTS.get(args.kind, 100) if args.n is None else args.n
@@ -198,7 +239,7 @@ def start_range(args) -> tuple[float, float]:
     Computed, not written back into ``args``: the namespace the user passed stays as given.
     """
     near = args.kind in ("polychromatic", "realism")  # the ablation samples its poses in the seed paper's range
-    rot, trans = NEAR_STARTS if near else WIDE_STARTS
+    rot, trans = NEAR_STARTS if near else CONVERGENCE_STARTS if args.kind == "similarity-convergence" else WIDE_STARTS
     return (rot if args.max_rot is None else args.max_rot, trans if args.max_trans is None else args.max_trans)
 
 
@@ -256,12 +297,15 @@ def run(args, outputs=None) -> int:
     ct_name = "built-in chest phantom" if args.ct == PHANTOM else str(args.ct)
     tracer = args.tracer if args.renderer == POLYCHROMATIC else args.renderer
     max_rot, max_trans = start_range(args)
-    common = dict(levels=tuple(args.levels), renderer=tracer, similarity=args.similarities[0],
-                  max_iterations=args.iterations, step_voxels=args.step_voxels, max_memory_mb=args.max_memory_mb)
+    common = dict(levels=given(args, "levels"), renderer=tracer, similarity=args.similarities[0],
+                  max_iterations=given(args, "iterations"), step_voxels=args.step_voxels,
+                  max_memory_mb=args.max_memory_mb)
     with outputs.staged() as stage:  # the folder is removed again if the experiment fails before writing to it
         stage.folder(out)
         if args.kind == "ablation":
             report = _ablation(args, volume, detector, out, ct_name)
+        elif args.kind in SIMILARITY_KINDS:
+            report = run_similarity(args, volume, image, detector, truth, out, common, ct_name, device)
         elif args.kind == "realism":
             report = experiments.realism(volume, detector, truth, out, presets=tuple(args.presets),
                                          variants=tuple(args.variants), n=n_starts(args), max_rotation_deg=max_rot,
@@ -275,14 +319,14 @@ def run(args, outputs=None) -> int:
             report = experiments.polychromatic(volume, detector, truth, out, beam=beam_of(args), realism=realism,
                                                hu_to_mu=hu_conversion(args), n=n_starts(args), max_rotation_deg=max_rot,
                                                max_translation_mm=max_trans, seed=args.seed,
-                                               options=dict(common, optimizer=args.optimizers[0]),
+                                               options=dict(common, optimizer=given(args, "optimizers")[0]),
                                                batch=args.batch, ct_name=ct_name, thresholds=thresholds_of(args))
         elif args.kind == "landscape":
             report = experiments.landscape(volume, image, detector, truth, out, similarities=tuple(args.similarities),
                                            renderer=tracer, rotation_range_deg=max_rot,
                                            translation_range_mm=max_trans, n_points=args.points)
         else:
-            report = experiments.robustness(volume, image, detector, truth, out, optimizers=tuple(args.optimizers),
+            report = experiments.robustness(volume, image, detector, truth, out, optimizers=given(args, "optimizers"),
                                             n=n_starts(args), max_rotation_deg=max_rot, max_translation_mm=max_trans,
                                             seed=args.seed, options=common, batch=args.batch, ct_name=ct_name)
     written = sorted(str(v) for v in _paths(report))
@@ -317,10 +361,6 @@ def _ablation(args, volume, detector, out, ct_name):
 
 
 def _paths(report) -> list:
-    found = []
     if isinstance(report, dict):
-        for value in report.values():
-            found += _paths(value)
-    elif isinstance(report, (str, Path)) and str(report).endswith((".csv", ".md", ".png")):
-        found.append(report)
-    return found
+        return [path for value in report.values() for path in _paths(value)]
+    return [report] if isinstance(report, (str, Path)) and str(report).endswith((".csv", ".md", ".png")) else []

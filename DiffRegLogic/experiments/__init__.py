@@ -15,6 +15,11 @@
   registration variant (`VARIANTS`).
 * `ablation`: the pose network's parts (the MICCAI 2023 poster's Table 3),
   each row trained with the same budget and tested on held-out DRRs.
+* `similarity_landscapes`, `similarity_convergence`, `similarity_robustness`:
+  the learned similarity (Chen & Kong, WACV 2026) against image
+  similarities: capture range along the six axes (`capture_range`, their
+  Fig. 3), mTRE vs iteration and time per optimiser (Fig. 4 right), and
+  success rate from seeded starts with and without a polish.
 * `demo`: the scenario of ``diffreg demo`` (detector, target and start pose).
 
 Poses are camera_from_world (4, 4) (README, "Geometry"); a motion row is
@@ -64,6 +69,9 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".polychromatic_study": "polychromatic POLY_COLUMNS",
     ".realism_study": "realism VARIANTS REALISM_COLUMNS CONVENTION_MODES as_line_integral",
     ".ablation_study": "ablation CASE_COLUMNS SUMMARY_COLUMNS SEARCH_ABOUT_NETWORK",
+    ".similarity_study": "capture_range similarity_landscapes similarity_convergence CAPTURE_RTOL CAPTURE_COLUMNS "
+                         "CONVERGENCE_COLUMNS CONVERGENCE_START_COLUMNS CONVERGENCE_POINTS BASIN_MM",
+    ".similarity_robustness_study": "similarity_robustness SIMILARITY_ROBUSTNESS_COLUMNS",
     ".common": "PLOT_SIZE N_TARGET_POINTS",
     ".demo": "DEMO_DETECTOR DEMO_SOURCE_TO_ISOCENTER_MM DEMO_TARGET_DEG DEMO_PERTURBATION demo_detector demo_poses",
 })

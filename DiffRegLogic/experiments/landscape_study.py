@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ def landscape(
     true_pose,
     out_dir,
     *,
-    similarities: Sequence[str] = ("zncc",),
+    similarities: Sequence[str] | Mapping[str, str | Callable] = ("zncc",),
     renderer: str = "siddon",
     rotation_range_deg: float = 30.0,
     translation_range_mm: float = 60.0,
@@ -64,6 +64,11 @@ def landscape(
     ``detector.downsample(level)`` and compared with the X-ray (H, W)
     area-averaged to that size.
 
+    ``similarities``: names of `DiffRegLogic.similarity.SIMILARITIES`, or a
+    dict label -> name or callable ``(drr, xray, mask) -> (B,)`` (a learned
+    similarity, a `Measure` ...); a callable with a torch ``dtype``
+    attribute compares in that dtype, any other in the DRR's.
+
     Writes into ``out_dir`` (created if missing):
 
     * ``landscape.csv``: columns similarity, axis, offset (deg or mm), value;
@@ -76,11 +81,11 @@ def landscape(
     Returns a dict: ``csv``, ``markdown``, ``png`` (paths), ``argmax``
     ({similarity: {axis: offset of the maximum}}), ``value_at_zero``
     ({similarity: value}), ``offsets`` ({"rotation": [deg], "translation":
-    [mm]}).
+    [mm]}), ``values`` ({similarity: {axis: [value per offset]}}).
     """
     xray, pose = _check_case(volume, xray, detector, true_pose)
-    names = _names(similarities, "similarities")
-    functions = {name: get_similarity(name) for name in names}
+    functions = _measures(similarities)
+    names = tuple(functions)
     if renderer not in RENDERERS:
         raise InputError(f"unknown renderer {renderer!r}; choose one of {sorted(RENDERERS)}")
     rot_range = _nonnegative(rotation_range_deg, "rotation_range_deg")
@@ -113,7 +118,7 @@ def landscape(
         for start in range(0, poses.shape[0], RENDER_BATCH):
             drr = render(volume, det, poses[start:start + RENDER_BATCH], renderer)
             for name, fn in functions.items():
-                values[name] += fn(drr, xr).double().cpu().tolist()
+                values[name] += _evaluate(fn, drr, xr)
 
     rows, argmax, at_zero, table = [], {}, {}, []
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -167,4 +172,36 @@ def landscape(
         "argmax": argmax,
         "value_at_zero": at_zero,
         "offsets": {"rotation": rot_offsets.tolist(), "translation": trans_offsets.tolist()},
+        "values": {name: {axis: curves[name][axis][1].tolist() for axis in AXES} for name in names},
     }
+
+
+def _measures(similarities) -> dict[str, Callable]:
+    """Label -> similarity function from names or a dict label -> name or callable (InputError otherwise)."""
+    if not isinstance(similarities, Mapping):
+        return {name: get_similarity(name) for name in _names(similarities, "similarities")}
+    if not similarities:
+        raise InputError("similarities is empty: give at least one")
+    out = {}
+    for label, value in similarities.items():
+        if not isinstance(label, str) or not label.strip():
+            raise InputError(f"each similarity needs a non-empty name, got {label!r}")
+        if isinstance(value, str):
+            out[label] = get_similarity(value)
+        elif callable(value):
+            out[label] = value
+        else:
+            raise InputError(f"similarity {label!r} must be a name or a callable (drr, xray, mask) -> (B,), "
+                             f"got {type(value).__name__}")
+    return out
+
+
+def _evaluate(fn: Callable, drr: torch.Tensor, xray: torch.Tensor) -> list[float]:
+    """``fn(drr, xray, None)`` (B,) as floats, compared in ``fn.dtype`` when that is a torch dtype (as a `Measure`)."""
+    dtype = getattr(fn, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        drr, xray = drr.to(dtype), xray.to(dtype)
+    value = torch.as_tensor(fn(drr, xray, None))
+    if value.shape != (drr.shape[0],):
+        raise InputError(f"a similarity must return one value per DRR ({drr.shape[0]},), got {tuple(value.shape)}")
+    return value.double().cpu().tolist()
