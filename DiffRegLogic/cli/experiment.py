@@ -113,6 +113,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--polish", choices=["none"] + sorted(SIMILARITIES), default=None,
                    help=f"similarity-robustness: each model runs alone and followed by this polish at full size "
                         f"(default {DEFAULTS['polish']}; none: alone only)")
+    s.add_argument("--polish-levels", type=float, nargs="+", default=None,
+                   help="similarity-robustness: also run each model followed by the polish over these pyramid levels "
+                        "(e.g. 4 2 1), besides the polish at full size")
     from ..experiments import ABLATION_ROWS
 
     a = p.add_argument_group("ablation experiment (the poses are sampled in --max-rot / --max-trans, default 45 / 60)")

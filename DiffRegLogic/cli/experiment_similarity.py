@@ -37,6 +37,8 @@ def check_similarity(args) -> dict[str, str]:
     from ..registration.optimizers import OPTIMIZERS
     from ..similarity.registry import SIMILARITIES
 
+    if getattr(args, "polish_levels", None) and args.kind != "similarity-robustness":
+        raise InputError("--polish-levels is for similarity-robustness")
     if args.polish is not None and args.kind != "similarity-robustness":
         raise InputError("--polish is for similarity-robustness (the other experiments run no polish)")
     if args.kind not in SIMILARITY_KINDS:
@@ -88,7 +90,12 @@ def run_similarity(args, volume, image, detector, truth, out, common: dict, ct_n
     variants = {s: {"similarity": s} for s in args.similarities}
     for name, model in models.items():
         variants[name] = {"similarity": model, "polish": None}
-        variants.update({f"{name}+{polish}": {"similarity": model, "polish": polish}} if polish != "none" else {})
+        if polish != "none":
+            variants[f"{name}+{polish}"] = {"similarity": model, "polish": polish}
+            if args.polish_levels:
+                levels = tuple(args.polish_levels)
+                variants[f"{name}+{polish}@{','.join(f'{v:g}' for v in levels)}"] = {
+                    "similarity": model, "polish": polish, "polish_levels": levels}
     options = {k: v for k, v in common.items() if k != "similarity"}
     return experiments.similarity_robustness(*case, out, variants=variants, ct_name=ct_name, **starts,
                                              options=dict(options, optimizer=given(args, "optimizers")[0]))

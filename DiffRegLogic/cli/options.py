@@ -55,6 +55,8 @@ def add_registration_options(p: argparse.ArgumentParser, learned: bool = False) 
         p.add_argument("--polish", choices=["none"] + sorted(SIMILARITIES), default="zncc",
                        help="with --similarity learned: the image similarity of a final polish at the finest level "
                             "(default %(default)s; none: the learned result as it is)")
+        p.add_argument("--polish-levels", type=float, nargs="+", default=[1.0],
+                       help="with --similarity learned: the polish's pyramid levels (default: 1, the full size)")
     p.add_argument("--parameterization", choices=list(PARAMETERIZATIONS), default=d.parameterization,
                    help="pose parameters: se3 (motion about the CT centre) or spherical (C-arm model)")
     p.add_argument("--levels", type=float, nargs="+", default=list(d.levels),

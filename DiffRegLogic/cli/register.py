@@ -315,7 +315,8 @@ def run(args, outputs=None) -> int:
     start = starts[0] if hypotheses is None else FixedPose(hypotheses)
     if learned is not None:
         result = register_learned(volume, images[0], detectors[0], start, options, learned, polish=args.polish,
-                                  mask=masks[0], callback=progress_printer(args.quiet))
+                                  polish_levels=tuple(args.polish_levels), mask=masks[0],
+                                  callback=progress_printer(args.quiet))
         view_poses, relations = result.pose[None], [torch.eye(4, dtype=torch.float64)]
     elif len(xrays) == 1:
         result = register(volume, images[0], detectors[0], start, options, mask=masks[0],

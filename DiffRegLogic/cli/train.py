@@ -80,7 +80,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pool-images", type=int, default=None, help="DRRs rendered for training (default: the trainer's)")
     p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the trainer's)")
     p.add_argument("--backbone", choices=BACKBONES, default=None,
-                   help="EfficientNet-b0 (the poster's) or a small CNN (fast on CPU); default %(default)s")
+                   help="EfficientNet-b0 (the poster's) or a small CNN (fast on CPU); default efficientnet-b0")
     p.add_argument("--no-decoder", action="store_true", help="no structure-reconstruction decoder (ablation: no B)")
     p.add_argument("--no-attention", action="store_true", help="no self-attention (ablation: no C)")
     p.add_argument("--no-positional-embedding", action="store_true", help="attention without the 2D positional embedding")

@@ -89,8 +89,9 @@ def check_similarity_arguments(args):
                              ("max_trans", 1000.0, "mm"), ("max_offset_trans", 1000.0, "mm")):
         if not 0 <= getattr(args, name) <= high:
             raise InputError(f"--{name.replace('_', '-')} must be from 0 to {high:g} {unit}, got {getattr(args, name):g}")
-    if args.max_offset_rot == 0 and args.max_offset_trans == 0:
-        raise InputError("--max-offset-rot and --max-offset-trans are both 0: the pairs would have no offset to learn")
+    if args.max_offset_rot == 0 or args.max_offset_trans == 0:
+        raise InputError("--max-offset-rot and --max-offset-trans must both be above 0: the loss compares the "
+                         "rotation and translation parts of the pose gradient separately (no offset: no direction)")
     if args.lr is not None and not (0 < args.lr < 1):
         raise InputError(f"--lr must be in (0, 1), got {args.lr:g}")
     if args.resume and not Path(args.out).is_file():

@@ -61,7 +61,7 @@ def _settings(options) -> dict:
 
 def _variants(variants, options: dict | None) -> list[dict]:
     """Checked variants: name, learned flag, similarity, polish and the `RegistrationOptions` (before any work)."""
-    from ..learning.similarity_inference import POLISH_DEFAULT, LearnedSimilarity
+    from ..learning.similarity_inference import POLISH_DEFAULT, POLISH_LEVELS, LearnedSimilarity
     from ..registration.options import make_options
     from ..similarity.registry import SIMILARITIES
 
@@ -77,6 +77,7 @@ def _variants(variants, options: dict | None) -> list[dict]:
         values = {**common, **settings}
         similarity = values.pop("similarity", "zncc")
         polish = values.pop("polish", _MISSING)
+        polish_levels = tuple(values.pop("polish_levels", POLISH_LEVELS))
         learned = isinstance(similarity, LearnedSimilarity)
         polish = (POLISH_DEFAULT if learned else None) if polish is _MISSING else polish
         polish = None if isinstance(polish, str) and polish.lower() == "none" else polish
@@ -88,10 +89,11 @@ def _variants(variants, options: dict | None) -> list[dict]:
                 raise InputError(f"unknown polish similarity {polish!r}; choose None or one of "
                                  f"{', '.join(sorted(SIMILARITIES))}")
             if polish is not None:  # the polish's settings (an LM polish needs a residual)
-                make_options(opts, similarity=polish, levels=(1.0,), n_starts=1, search="local")
+                make_options(opts, similarity=polish, levels=polish_levels, n_starts=1, search="local")
         except InputError as exc:
             raise InputError(f"variant {name!r}: {exc}") from None
-        out.append({"name": name, "learned": learned, "similarity": similarity, "polish": polish, "options": opts})
+        out.append({"name": name, "learned": learned, "similarity": similarity, "polish": polish,
+                    "polish_levels": polish_levels, "options": opts})
     return out
 
 
@@ -189,7 +191,8 @@ def similarity_robustness(
                 t0 = time.perf_counter()
                 if variant["learned"]:
                     result = register_learned(volume, xray, detector, starts[i], variant["options"],
-                                              variant["similarity"], polish=variant["polish"])
+                                              variant["similarity"], polish=variant["polish"],
+                                              polish_levels=variant["polish_levels"])
                 else:
                     result = register(volume, xray, detector, starts[i], variant["options"])
                 seconds = time.perf_counter() - t0

@@ -216,12 +216,15 @@ def _to_cpu(value):
 
 
 _TRAIN_HINT = "train one with `diffreg train --ct CT --geometry G.json --out MODEL.pt`"
+_HINTS = {FORMAT: _TRAIN_HINT,
+          SIMILARITY_FORMAT: "train one with `diffreg train --kind similarity --ct CT --geometry G.json --out SIM.pt`"}
 
 
 def read_checkpoint(path: str | os.PathLike, format: str = FORMAT) -> dict:
     """The dict of a model file of ``format``, after checking that this DiffReg can read it (InputError otherwise)."""
     path = Path(path)
     kind = _KIND[format]
+    _TRAIN_HINT = _HINTS[format]  # noqa: N806 (the hint of this kind of model)
     if not path.exists():
         raise InputError(f"model file {path} does not exist; check the path, or {_TRAIN_HINT}")
     if not path.is_file():

@@ -37,10 +37,12 @@ from . import so4
 from .data import network_input
 from .similarity_net import SimilarityNet
 
-__all__ = ["LearnedSimilarity", "load_similarity", "register_learned", "POLISH_DEFAULT"]
+__all__ = ["LearnedSimilarity", "load_similarity", "register_learned", "POLISH_DEFAULT", "POLISH_LEVELS"]
 
 POLISH_DEFAULT = "zncc"
-"""The image similarity of the final polish at the finest level (None / "none": no polish)."""
+"""The image similarity of the final polish (None / "none": no polish)."""
+POLISH_LEVELS = (1.0,)
+"""The pyramid of the polish: the full-size detector only (ProST's switch to an image similarity at the end)."""
 _HINT = "train one with `diffreg train --kind similarity --ct CT --geometry G.json --out SIM.pt`"
 
 
@@ -78,14 +80,15 @@ class LearnedSimilarity:
         return so4.embedding(self.model(self._inputs(images, mask)), self.config.embedding)
 
     def _xray_embedding(self, xray: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        # keyed on the objects themselves (the registration passes the same tensors at every step; inside
-        # torch.func.jvp, which Levenberg-Marquardt uses, a tensor's storage cannot be read)
+        # keyed on the objects themselves and their in-place versions (the registration passes the same tensors
+        # at every step; inside torch.func.jvp, which Levenberg-Marquardt uses, a tensor's storage cannot be read)
+        versions = (xray._version, None if mask is None else mask._version)
         cached = self._cache.get("xray")
-        if cached is not None and cached[0] is xray and cached[1] is mask:
-            return cached[2]
+        if cached is not None and cached[0] is xray and cached[1] is mask and cached[2] == versions:
+            return cached[3]
         with torch.no_grad():
             value = self.embed(xray.detach(), None if mask is None else mask.detach())
-        self._cache = {"xray": (xray, mask, value)}  # one X-ray (and mask) at a time
+        self._cache = {"xray": (xray, mask, versions, value)}  # one X-ray (and mask) at a time
         return value
 
     def _pair(self, drr: torch.Tensor, xray: torch.Tensor, mask):
@@ -96,15 +99,21 @@ class LearnedSimilarity:
             xray = torch.as_tensor(xray)
         if mask is not None and not isinstance(mask, torch.Tensor):
             mask = torch.as_tensor(mask)
-        drr_mask = mask if mask is None or mask.ndim == 2 or mask.shape[0] == (drr.shape[0] if drr.ndim == 3 else 1) \
-            else None
-        e_drr = self.embed(drr, drr_mask)
-        if xray.ndim == 2:
-            x_mask = mask if mask is None or mask.ndim == 2 else None
-            e_xray = self._xray_embedding(xray, x_mask)
-        else:
+        n = drr.shape[0] if drr.ndim == 3 else 1
+        if mask is not None:
+            if mask.ndim == 3 and mask.shape[0] == 1:
+                mask = mask[0]
+            if mask.ndim not in (2, 3) or tuple(mask.shape[-2:]) != tuple(drr.shape[-2:]) \
+                    or (mask.ndim == 3 and mask.shape[0] != n):
+                raise InputError(f"the learned similarity takes a mask (H, W) or (B, H, W) matching the DRRs "
+                                 f"{tuple(drr.shape)}, got {tuple(mask.shape)}")
+        e_drr = self.embed(drr, mask)
+        if xray.ndim == 2 and (mask is None or mask.ndim == 2):
+            e_xray = self._xray_embedding(xray, mask)
+        else:  # an X-ray per DRR, or a mask per DRR (robust weights, footprints): the X-ray under each row's mask
+            rows = xray if xray.ndim == 3 else xray.expand(n, *xray.shape)
             with torch.no_grad():
-                e_xray = self.embed(xray.detach(), mask)
+                e_xray = self.embed(rows.detach(), None if mask is None else mask.detach())
         return e_drr, e_xray
 
     # ---- the measure
@@ -170,18 +179,29 @@ def _polish_name(polish) -> str | None:
 
 
 def register_learned(volume: Volume, xray, detector: Detector, initial_pose, options, similarity: LearnedSimilarity,
-                     *, polish: str | None = POLISH_DEFAULT, mask=None, callback: Callable | None = None,
-                     cancel: Callable[[], bool] | None = None):
-    """Register on the learned ``similarity``, then polish at the finest level with an image similarity.
+                     *, polish: str | None = POLISH_DEFAULT, polish_levels=POLISH_LEVELS, mask=None,
+                     callback: Callable | None = None, cancel: Callable[[], bool] | None = None):
+    """Register on the learned ``similarity``, then polish with an image similarity.
 
     ``options`` (`RegistrationOptions` or None): its ``similarity`` is
-    replaced by the learned one for the first stage; the polish stage keeps
-    the rest (optimiser, renderer ...) with ``similarity = polish``, one start
-    and the finest level only (factor 1). Returns the final
-    `RegistrationResult` with ``stages`` (a list of per-stage dicts: similarity
-    name, pose, similarity, iterations, seconds); its ``initial_pose`` is the
-    first stage's start and ``seconds`` / ``iterations`` / ``evaluations`` the
-    sums. A cancel during the first stage returns its result (no polish).
+    replaced by the learned one for the first stage (its levels, starts,
+    search and optimiser as given); the polish stage keeps the optimiser and
+    engine settings with ``similarity = polish``, one start, no search and
+    the pyramid ``polish_levels`` (default `POLISH_LEVELS`: the full size
+    only). Returns the final `RegistrationResult`:
+
+    * ``pose``, ``similarity``, ``converged``, ``stop_reason``: the polish's;
+    * ``initial_pose``: the first stage's start; ``initial_similarity``: the
+      polish measure at that start (so "initial -> final" is one measure);
+    * ``iterations``, ``evaluations``, ``seconds``: sums of both stages;
+      ``trace``: both, each entry with its ``stage``; ``iterations_per_level``: both;
+    * ``options``: the learned stage's, with ``similarity = "learned"`` and the
+      polish's under ``polish``;
+    * ``stages``: one dict per stage (similarity, pose, initial and final
+      value in its own measure, iterations, seconds, stop reason).
+
+    ``polish=None`` or ``"none"`` returns the learned stage as it is (with
+    ``stages``). A cancel during the learned stage returns its result (no polish).
     """
     from ..registration import register
     from ..registration.options import as_options, make_options
@@ -190,21 +210,45 @@ def register_learned(volume: Volume, xray, detector: Detector, initial_pose, opt
         raise InputError(f"similarity must be a LearnedSimilarity (load_similarity), got {type(similarity).__name__}")
     polish = _polish_name(polish)
     opts = as_options(options)
-    learned = register(volume, xray, detector, initial_pose, make_options(opts, similarity=similarity), mask=mask,
-                       callback=callback, cancel=cancel)
+    learned_opts = make_options(opts, similarity=similarity)
+    polish_opts = None if polish is None else make_options(opts, similarity=polish, levels=tuple(polish_levels),
+                                                           n_starts=1, search="local")
+    learned = register(volume, xray, detector, initial_pose, learned_opts, mask=mask, callback=callback,
+                       cancel=cancel)
+    summary = dict(learned.options, similarity="learned")
     stages = [_stage("learned", learned)]
     if polish is None or learned.cancelled:
+        learned = dataclasses.replace(learned, options=summary)
         learned.stages = stages
         return learned
-    polish_opts = make_options(opts, similarity=polish, levels=(1.0,), n_starts=1, search="local")
     final = register(volume, xray, detector, learned.pose, polish_opts, mask=mask, callback=callback, cancel=cancel)
     stages.append(_stage(polish, final))
-    final = dataclasses.replace(final, initial_pose=learned.initial_pose, seconds=learned.seconds + final.seconds,
-                                iterations=learned.iterations + final.iterations,
-                                evaluations=learned.evaluations + final.evaluations,
-                                initial_similarity=final.initial_similarity)
+    start_value = _score(volume, xray, detector, learned.initial_pose, polish_opts, mask)
+    trace = [dict(e, stage="learned") for e in learned.trace] + [dict(e, stage=polish) for e in final.trace]
+    final = dataclasses.replace(
+        final, initial_pose=learned.initial_pose, initial_similarity=start_value,
+        seconds=learned.seconds + final.seconds, iterations=learned.iterations + final.iterations,
+        evaluations=learned.evaluations + final.evaluations, trace=trace,
+        iterations_per_level=list(learned.iterations_per_level) + list(final.iterations_per_level),
+        options=dict(summary, polish=final.options))
     final.stages = stages
     return final
+
+
+def _score(volume: Volume, xray, detector: Detector, pose: torch.Tensor, options, mask) -> float:
+    """The polish measure between the X-ray and the DRR at ``pose`` on the full-size detector."""
+    from ..drr.rendering import render
+    from ..similarity.measure import as_measure
+
+    image = getattr(xray, "image", xray)
+    weights = mask if mask is not None else getattr(xray, "mask", None)
+    measure = as_measure(options.similarity)
+    dtype = measure.dtype or volume.mu.dtype
+    with torch.no_grad():
+        drr = render(volume, detector, pose.to(torch.float64)[None], options.renderer, **options.render_options())
+        image = torch.as_tensor(image).to(drr.device)
+        weights = None if weights is None else torch.as_tensor(weights).to(drr.device)
+        return float(measure(drr.to(dtype), image.to(dtype), weights)[0])
 
 
 def _stage(name: str, result) -> dict:

@@ -123,6 +123,9 @@ class SimilarityTrainConfig:
         _number("warmup_fraction", self.warmup_fraction, 0, 1, high_open=True)
         _number("direction_weight", self.direction_weight, 0)
         _number("distance_weight", self.distance_weight, 0)
+        if not (max(self.offset_range.rotation_deg) > 0 and max(self.offset_range.translation_mm) > 0):
+            raise InputError("the offset range needs a rotation and a translation half-width above 0: the loss "
+                             "compares the rotation and translation parts of the gradient separately")
         if self.direction_weight + self.distance_weight <= 0:
             raise InputError("at least one of direction_weight and distance_weight must be positive")
         _number("pool_pairs", self.pool_pairs, 1, integer=True)
@@ -293,6 +296,10 @@ class _SimilarityRun(TrainingLoop):
         if not self.config.agnostic:
             ckpt.check_volume(data, self.volume, path)
         ckpt.check_detector(data, self.detector, path)
+        if not torch.allclose(torch.as_tensor(data["reference_pose"], dtype=torch.float64), self.reference_pose,
+                              atol=1e-6):
+            raise InputError(f"cannot resume from {path}: it was trained about another reference pose; give the "
+                             "same --reference-pose (and --source-to-isocenter), or start a new run")
 
     def _checkpoint_fields(self) -> dict:
         return dict(reference_pose=self.reference_pose, center=self.center, volume=None, detector=self.detector,

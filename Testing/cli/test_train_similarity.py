@@ -112,7 +112,7 @@ def test_register_refuses_a_pose_network_file_as_the_similarity(case, tmp_path, 
     (["--backbone", "small"], "option of the pose network"),
     (["--phantoms", "2", "--ct", "phantom"], "leave out --ct"),
     (["--image-size", "36"], "multiple of 8"),
-    (["--max-offset-rot", "0", "--max-offset-trans", "0"], "no offset"),
+    (["--max-offset-rot", "0"], "must both be above 0"),
 ])
 def test_train_similarity_refuses_bad_settings(case, tmp_path, capsys, flags, message):
     out = tmp_path / "sim.pt"

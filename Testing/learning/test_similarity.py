@@ -142,6 +142,14 @@ def test_the_measure_is_one_minus_the_residual_norm_and_ignores_masked_pixels(tr
     changed[:, :16] = 1e3  # only pixels the mask removes
     torch.testing.assert_close(similarity(drrs, changed, mask), similarity(drrs, xray, mask), rtol=0, atol=1e-6)
     assert not torch.allclose(similarity(drrs, changed), similarity(drrs, xray), atol=1e-4)  # the cache follows the X-ray
+    per_row = mask.expand(2, 64, 64).clone()  # robust weights / footprints: one mask per DRR, the X-ray under each
+    torch.testing.assert_close(similarity(drrs, xray, per_row), similarity(drrs, xray, mask), rtol=0, atol=1e-6)
+    torch.testing.assert_close(similarity(drrs, xray, mask[None]), similarity(drrs, xray, mask), rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="mask"):
+        similarity(drrs, xray, torch.ones(3, 64, 64))
+    before = similarity(drrs, xray).clone()
+    xray.mul_(0.5).add_(torch.linspace(0, 1, 64))  # changed in place: the cached embedding must not be reused
+    assert not torch.allclose(similarity(drrs, xray), before, atol=1e-4)
 
 
 def test_levenberg_marquardt_on_the_learned_residual_never_accepts_a_worse_step(trained, volume, reference):
@@ -176,9 +184,16 @@ def test_learned_then_polish_reports_both_stages(trained, volume, reference):
                               similarity, polish="zncc")
     assert [s["similarity"] for s in result.stages] == ["learned", "zncc"]
     torch.testing.assert_close(torch.tensor(result.stages[1]["camera_from_world"], dtype=torch.float64), result.pose)
-    assert result.options["similarity"] == "zncc" and list(result.options["levels"]) == [1.0]  # full size
+    polish = result.options["polish"]
+    assert result.options["similarity"] == "learned" and list(result.options["levels"]) == [2.0]
+    assert polish["similarity"] == "zncc" and list(polish["levels"]) == [1.0]  # the polish ran at full size
     assert result.similarity == result.stages[1]["similarity_value"]
-    assert result.stages[1]["initial_similarity"] < result.stages[1]["similarity_value"]
+    from DiffRegLogic.similarity.ncc import zncc
+
+    at_start = float(zncc(render(volume, DETECTOR, reference[None]).double(), xray.double()))
+    assert result.initial_similarity == pytest.approx(at_start, abs=1e-9)  # one measure from start to end
+    assert {e["stage"] for e in result.trace} == {"learned", "zncc"}
+    assert len(result.iterations_per_level) == 2
     assert result.iterations == sum(s["iterations"] for s in result.stages)
     alone = register_learned(volume, xray, DETECTOR, reference, make_options(levels=(2.0,), max_iterations=5),
                              similarity, polish="none")
