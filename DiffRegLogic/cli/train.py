@@ -238,12 +238,38 @@ def json_printer():
     return emit
 
 
+def training_device(args):
+    """The device of ``--device``; under torchrun on CUDA, this process's GPU (LOCAL_RANK)."""
+    import os
+
+    from .common import device_of
+
+    device = device_of(args)
+    if os.environ.get("LOCAL_RANK") is not None and device.type == "cuda":
+        import torch
+
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def keeping_checkpoint(args, train_now):
+    """``train_now()``; on Ctrl-C / SIGTERM, `TrainingInterrupted` saying whether ``--out`` holds a checkpoint."""
+    import os
+
+    before = os.stat(args.out).st_mtime_ns if os.path.exists(args.out) else None
+    try:
+        return train_now()
+    except KeyboardInterrupt as exc:
+        written = os.path.exists(args.out) and os.stat(args.out).st_mtime_ns != before
+        raise TrainingInterrupted(f"the last checkpoint is kept in {args.out} (continue it with --resume)" if written
+                                  else "it had not finished a step: no model was written", exc) from exc
+
+
 def run(args, outputs=None) -> int:
     import os
 
     from ..learning.trainer import train
     from .app import imports_done
-    from .common import device_of
 
     imports_done()
     outputs = outputs or check(args)
@@ -251,11 +277,7 @@ def run(args, outputs=None) -> int:
         from .train_similarity import run_similarity
 
         return run_similarity(args)
-    device = device_of(args)
-    if os.environ.get("LOCAL_RANK") is not None and device.type == "cuda":
-        import torch
-
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    device = training_device(args)
     volume, detector = read_training_inputs(args, device)
     reference = reference_pose_of(args, volume, detector)
     check_reference_view(volume, detector, reference)
@@ -269,14 +291,9 @@ def run(args, outputs=None) -> int:
               f"+-{args.max_trans:g} mm, " + (f"{config.steps} steps" if config.steps else f"{config.minutes:g} min")
               + f") on {device}; model: {args.out}", flush=True)
     progress = json_printer() if args.progress == "json" and main_rank else None
-    before = os.stat(args.out).st_mtime_ns if os.path.exists(args.out) else None
-    try:
-        result = train(volume, detector, reference, config, checkpoint_path=args.out, resume=args.resume,
-                       progress=progress, bar=args.progress == "bar" and main_rank)
-    except KeyboardInterrupt as exc:
-        written = os.path.exists(args.out) and os.stat(args.out).st_mtime_ns != before
-        raise TrainingInterrupted(f"the last checkpoint is kept in {args.out} (continue it with --resume)" if written
-                                  else "it had not finished a step: no model was written", exc) from exc
+    result = keeping_checkpoint(args, lambda: train(volume, detector, reference, config, checkpoint_path=args.out,
+                                                    resume=args.resume, progress=progress,
+                                                    bar=args.progress == "bar" and main_rank))
     if main_rank and args.progress != "json":
         val = result.validation or {}
         median = val.get("mtre_mm_median")

@@ -130,15 +130,10 @@ def run_similarity(args) -> int:
     from dataclasses import replace
 
     from ..learning.similarity_trainer import train_similarity
-    from .common import device_of
-    from .train import TrainingInterrupted, check_reference_view, json_printer, read_training_inputs, \
-        reference_pose_of
+    from .train import (check_reference_view, json_printer, keeping_checkpoint, read_training_inputs,
+                        reference_pose_of, training_device)
 
-    device = device_of(args)
-    if os.environ.get("LOCAL_RANK") is not None and device.type == "cuda":
-        import torch
-
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    device = training_device(args)
     if args.phantoms:
         args.ct = PHANTOM  # read_training_inputs' detector default; the phantoms are built by the trainer
     volume, detector = read_training_inputs(args, device)
@@ -157,15 +152,9 @@ def run_similarity(args) -> int:
               + (f"{config.steps} steps" if config.steps else f"{config.minutes:g} min")
               + f") on {on}, {device}; model: {args.out}", flush=True)
     progress = json_printer() if args.progress == "json" and main_rank else None
-    before = os.stat(args.out).st_mtime_ns if os.path.exists(args.out) else None
-    try:
-        result = train_similarity(None if args.phantoms else volume, detector, config, reference_pose=reference,
-                                  checkpoint_path=args.out, resume=args.resume, progress=progress,
-                                  bar=args.progress == "bar" and main_rank)
-    except KeyboardInterrupt as exc:
-        written = os.path.exists(args.out) and os.stat(args.out).st_mtime_ns != before
-        raise TrainingInterrupted(f"the last checkpoint is kept in {args.out} (continue it with --resume)" if written
-                                  else "it had not finished a step: no model was written", exc) from exc
+    result = keeping_checkpoint(args, lambda: train_similarity(
+        None if args.phantoms else volume, detector, config, reference_pose=reference, checkpoint_path=args.out,
+        resume=args.resume, progress=progress, bar=args.progress == "bar" and main_rank))
     if main_rank and args.progress != "json":
         val = result.validation or {}
         cosine, base = val.get("cosine"), val.get("baseline_cosine")

@@ -19,12 +19,15 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from ..devices import resolve_device
 from ..errors import InputError
+from ..geometry.detector import Detector
 from . import checkpoint as ckpt
-from .distributed import unwrap
+from .distributed import DistributedContext, unwrap
 from .schedule import Budget, config_differences
 
 RESUME_FREE_KEYS = ("device", "validate_every", "checkpoint_every", "log_every")
@@ -264,3 +267,20 @@ class TrainingLoop:
         total = self.config.steps if self.config.steps else int(math.ceil(budget.seconds))
         return tqdm(total=total, initial=self.step if self.config.steps else int(budget.elapsed), file=sys.stderr,
                     unit="step" if self.config.steps else "s", desc="training", dynamic_ncols=True, leave=True)
+
+
+def run_training(run_class: type, volume, detector: Detector, reference_pose, config, checkpoint_path, resume: bool,
+                 progress: Callable[[dict], None] | None, bar: bool) -> TrainResult:
+    """One run of ``run_class`` (a `TrainingLoop`) in the process group torchrun describes (or alone)."""
+    if not isinstance(detector, Detector):
+        raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
+    if resume and checkpoint_path is None:
+        raise InputError("resume=True needs the checkpoint_path of the run to continue")
+    context = DistributedContext.from_env(resolve_device(config.device))
+    device = context.device(resolve_device(config.device))
+    context.init()
+    try:
+        return run_class(volume, detector, reference_pose, config, context, device,
+                         None if checkpoint_path is None else Path(checkpoint_path), resume, progress, bar).run()
+    finally:
+        context.destroy()

@@ -152,6 +152,20 @@ def _number(name, value, low=None, high=None, *, integer=False, low_open=False, 
     return int(value) if integer else float(value)
 
 
+def check_loop_fields(config) -> None:
+    """The checks of the fields every training config shares: budget, batch, AdamW and its schedule."""
+    if (config.steps is None) == (config.minutes is None):
+        raise InputError("give exactly one training budget: steps (a number of optimiser steps) or minutes")
+    if config.steps is not None:
+        _number("steps", config.steps, 1, integer=True)
+    if config.minutes is not None:
+        _number("minutes", config.minutes, 0, low_open=True)
+    _number("batch_size", config.batch_size, 1, integer=True)
+    _number("lr", config.lr, 0, low_open=True)
+    _number("weight_decay", config.weight_decay, 0)
+    _number("warmup_fraction", config.warmup_fraction, 0, 1, high_open=True)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that fixes a training run (and so is stored in the model file).
@@ -201,16 +215,7 @@ class TrainConfig:
         for name, kind in (("network", PoseNetConfig), ("pose_range", PoseRange), ("augmentation", Augmentation)):
             if not isinstance(getattr(self, name), kind):
                 raise InputError(f"training {name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
-        if (self.steps is None) == (self.minutes is None):
-            raise InputError("give exactly one training budget: steps (a number of optimiser steps) or minutes")
-        if self.steps is not None:
-            _number("steps", self.steps, 1, integer=True)
-        if self.minutes is not None:
-            _number("minutes", self.minutes, 0, low_open=True)
-        _number("batch_size", self.batch_size, 1, integer=True)
-        _number("lr", self.lr, 0, low_open=True)
-        _number("weight_decay", self.weight_decay, 0)
-        _number("warmup_fraction", self.warmup_fraction, 0, 1, high_open=True)
+        check_loop_fields(self)
         if self.pose_loss not in POSE_LOSSES:
             raise InputError(f"training pose_loss must be one of {', '.join(POSE_LOSSES)}, got {self.pose_loss!r}")
         _number("geodesic_length_mm", self.geodesic_length_mm, 0, low_open=True)

@@ -45,7 +45,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..devices import resolve_device
 from ..errors import InputError
 from ..geometry.detector import Detector
 from ..limits import SEED_RANGE
@@ -54,12 +53,12 @@ from . import so4
 from .augment import DEFAULT_AUGMENTATION, Augmentation
 from .configs import known_fields
 from .data import network_input
-from .distributed import DistributedContext, unwrap
+from .distributed import unwrap
 from .poses import PoseRange
-from .schedule import RENDERERS, _number
+from .schedule import RENDERERS, _number, check_loop_fields
 from .similarity_data import PairPool, PairSource, Pairs, validation_pairs
 from .similarity_net import SimilarityNet, SimilarityNetConfig
-from .loop import TrainingLoop, TrainResult
+from .loop import TrainingLoop, TrainResult, run_training
 
 __all__ = ["SimilarityTrainConfig", "similarity_gradients", "similarity_loss", "validate_similarity",
            "train_similarity", "training_volumes"]
@@ -111,16 +110,7 @@ class SimilarityTrainConfig:
                            ("offset_range", PoseRange), ("augmentation", Augmentation)):
             if not isinstance(getattr(self, name), kind):
                 raise InputError(f"training {name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
-        if (self.steps is None) == (self.minutes is None):
-            raise InputError("give exactly one training budget: steps (a number of optimiser steps) or minutes")
-        if self.steps is not None:
-            _number("steps", self.steps, 1, integer=True)
-        if self.minutes is not None:
-            _number("minutes", self.minutes, 0, low_open=True)
-        _number("batch_size", self.batch_size, 1, integer=True)
-        _number("lr", self.lr, 0, low_open=True)
-        _number("weight_decay", self.weight_decay, 0)
-        _number("warmup_fraction", self.warmup_fraction, 0, 1, high_open=True)
+        check_loop_fields(self)
         _number("direction_weight", self.direction_weight, 0)
         _number("distance_weight", self.distance_weight, 0)
         if not (max(self.offset_range.rotation_deg) > 0 and max(self.offset_range.translation_mm) > 0):
@@ -345,16 +335,5 @@ def train_similarity(volume, detector: Detector, config: SimilarityTrainConfig, 
     """
     if not isinstance(config, SimilarityTrainConfig):
         raise InputError(f"config must be a SimilarityTrainConfig, got {type(config).__name__}")
-    if not isinstance(detector, Detector):
-        raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
-    if resume and checkpoint_path is None:
-        raise InputError("resume=True needs the checkpoint_path of the run to continue")
-    context = DistributedContext.from_env(resolve_device(config.device))
-    device = context.device(resolve_device(config.device))
-    context.init()
-    try:
-        return _SimilarityRun(volume, detector, reference_pose, config, context, device,
-                              None if checkpoint_path is None else Path(checkpoint_path), resume, progress,
-                              bar).run()
-    finally:
-        context.destroy()
+    return run_training(_SimilarityRun, volume, detector, reference_pose, config, checkpoint_path, resume, progress,
+                        bar)

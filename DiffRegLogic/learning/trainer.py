@@ -37,7 +37,6 @@ from typing import Callable
 import torch
 
 from .. import evaluation
-from ..devices import resolve_device
 from ..errors import InputError
 from ..geometry.detector import Detector
 from ..geometry.motions import motion_about_center
@@ -45,10 +44,10 @@ from ..geometry.rigid import so3_exp
 from ..volume.ct import Volume
 from . import checkpoint as ckpt
 from .data import DRRSource, TrainingPool, validation_set
-from .distributed import DistributedContext, unwrap
+from .distributed import unwrap
 from .losses import pose_loss, sobel_magnitude, structure_loss
 from .networks import PoseNet
-from .loop import TrainingLoop, TrainResult
+from .loop import TrainingLoop, TrainResult, run_training
 from .schedule import Budget, TrainConfig, lr_factor
 
 __all__ = ["TrainConfig", "TrainResult", "train", "validate"]
@@ -136,18 +135,7 @@ def train(volume: Volume, detector: Detector, reference_pose: torch.Tensor, conf
         raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
     if not isinstance(volume, Volume):
         raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
-    if not isinstance(detector, Detector):
-        raise InputError(f"detector must be a DiffRegLogic Detector, got {type(detector).__name__}")
-    if resume and checkpoint_path is None:
-        raise InputError("resume=True needs the checkpoint_path of the run to continue")
-    context = DistributedContext.from_env(resolve_device(config.device))
-    device = context.device(resolve_device(config.device))
-    context.init()
-    try:
-        return _TrainingRun(volume, detector, reference_pose, config, context, device,
-                           None if checkpoint_path is None else Path(checkpoint_path), resume, progress, bar).run()
-    finally:
-        context.destroy()
+    return run_training(_TrainingRun, volume, detector, reference_pose, config, checkpoint_path, resume, progress, bar)
 
 
 class _TrainingRun(TrainingLoop):
