@@ -1,7 +1,11 @@
-"""``diffreg experiment landscape|robustness|polychromatic|realism|ablation|similarity-*``: CSV, Markdown, PNG.
+"""``diffreg experiment landscape|robustness|polychromatic|realism|ablation|network-realism|similarity-*``.
+
+Each writes CSV, Markdown and PNG into ``--out``.
 
 ``ablation`` trains the pose network once per row of the poster's Table 3 (``--rows``, `experiments.ABLATION_ROWS`)
 with the same budget (``--train-minutes`` or ``--train-steps``) and tests each on ``--n`` held-out DRRs.
+``network-realism`` tests a trained pose network (``--model``) on X-rays simulated with the realism presets, alone
+and refined by each ``--variants`` (`cli.experiment_network`).
 ``realism`` registers simulated X-rays with documented degradations (``--presets``,
 `physics.xray_simulation.PRESETS`) per registration variant (``--variants``, `experiments.REALISM_VARIANTS`).
 ``similarity-*`` compare learned similarities (``--similarity-models NAME=PATH``, files of ``diffreg train --kind
@@ -15,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from .experiment_network import NETWORK_KINDS, check_network, run_network
 from .experiment_similarity import SIMILARITY_KINDS, check_similarity, run_similarity
 from .options import PHANTOM, POLYCHROMATIC, add_engine_options, add_hu_options, add_physics_options, add_realism_options
 
@@ -25,6 +30,8 @@ EXPERIMENT_FILES = {
     "polychromatic": ("polychromatic.csv", "polychromatic.md", "polychromatic.png", "polychromatic.partial.csv"),
     "realism": ("realism.csv", "realism.md", "realism.png", "realism.partial.csv"),
     "ablation": ("ablation.csv", "ablation_cases.csv", "ablation.md", "ablation.png", "ablation.partial.csv"),
+    "network-realism": ("network_realism.csv", "network_realism.md", "network_realism.png",
+                        "network_realism.partial.csv"),
     "similarity-landscape": ("landscape.csv", "landscape.md", "landscape.png", "capture_range.csv",
                              "similarity_landscape.md", "similarity_landscape.png"),
     "similarity-convergence": ("similarity_convergence.csv", "similarity_convergence_starts.csv",
@@ -36,8 +43,8 @@ EXPERIMENT_FILES = {
 """What each experiment writes into its ``--out`` folder (checked against the inputs before any work)."""
 NEAR_STARTS = (10.0, 20.0)
 """Start range (deg, mm) of the polychromatic and realism experiments: the model's accuracy, not the capture range."""
-DEFAULT_STARTS = {"robustness": 100, "polychromatic": 100, "realism": 10, "ablation": 20, "similarity-robustness": 100,
-                  "similarity-convergence": 10}
+DEFAULT_STARTS = {"robustness": 100, "polychromatic": 100, "realism": 10, "ablation": 20, "network-realism": 20,
+                  "similarity-robustness": 100, "similarity-convergence": 10}
 """Random starts per experiment when ``--n`` is not given."""
 CONVENTION_MODES = ("known", "detect")
 """``--convention`` of the realism experiment (`DiffRegLogic.experiments.realism_study.CONVENTION_MODES`)."""
@@ -62,11 +69,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     from ..physics import REALISM_PRESETS
 
     p.add_argument("kind", choices=["landscape", "robustness", "polychromatic", "realism", "ablation",
-                                    *SIMILARITY_KINDS],
+                                    *NETWORK_KINDS, *SIMILARITY_KINDS],
                    help="polychromatic: a realistic simulated X-ray registered with mono- and polychromatic DRRs; "
                         "realism: X-rays with scatter, noise, instruments, truncation, processing... (--presets) "
                         "registered per variant (--variants); ablation: the pose network's parts (--rows), each "
-                        "trained with the same budget and tested on --n held-out DRRs; similarity-*: learned "
+                        "trained with the same budget and tested on --n held-out DRRs; network-realism: a trained "
+                        "pose network (--model) on X-rays of the realism presets, alone and refined per variant; "
+                        "similarity-*: learned "
                         "similarities (--similarity-models) against image ones (--similarities): capture range, "
                         "convergence per optimiser, robustness")
     p.add_argument("--out", required=True, help="output folder (CSV, Markdown, PNG)")
@@ -129,7 +138,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a.add_argument("--source-to-isocenter", type=float, default=None,
                    help="reference AP view's source-to-CT-centre distance, mm (default: the demo's 600 for the "
                         "phantom, else SDD / 2)")
-    a.add_argument("--hypotheses", type=int, default=4, help="network poses handed to the refinement (default 4)")
+    a.add_argument("--hypotheses", type=int, default=4,
+                   help="ablation and network-realism: network poses handed to the refinement (default 4)")
+    w = p.add_argument_group("network-realism experiment (also --presets, --variants, --convention, --n, --seed; "
+                             "--max-rot / --max-trans: the test poses' range, default the model's)")
+    w.add_argument("--model", default=None, help="pose network from diffreg train (MODEL.pt) for this CT and "
+                                                 "--geometry")
     add_engine_options(p)
     add_physics_options(p)
     add_hu_options(p)
@@ -145,11 +159,12 @@ def check(args):
 
     if args.kind in ("polychromatic", "realism") and args.xray is not None:
         raise InputError(f"the {args.kind} experiment simulates its X-ray; drop --xray")
-    if args.kind == "realism":
+    if args.kind in ("realism", *NETWORK_KINDS):
         _check_realism(args)
     elif args.kind == "ablation":
         _check_ablation(args)
     models = check_similarity(args)
+    network = check_network(args)
     if args.kind != "realism" and args.detector_pixels is not None:
         raise InputError("--detector-pixels is for the realism experiment; give a --geometry of that size instead")
     if args.implant:
@@ -166,7 +181,7 @@ def check(args):
         check_number("--max-trans", args.max_trans, 0.0, MAX_TRANSLATION_MM, unit="mm")
     for level in given(args, "levels"):
         check_number("--levels", level, 0.0, 1e6, low_open=True)
-    outputs = Outputs([args.ct, args.xray, args.geometry, args.truth, *models.values()])
+    outputs = Outputs([args.ct, args.xray, args.geometry, args.truth, *models.values(), *network])
     outputs.folder(args.out, "--out", EXPERIMENT_FILES[args.kind])
     return outputs
 
@@ -256,7 +271,7 @@ def _case(args, device):
     from .common import dtype_of, hu_conversion, load_ct, model
 
     volume = load_ct(args.ct, hu_conversion(args), dtype_of(args.dtype)).to(device)
-    simulated = args.kind in ("polychromatic", "realism", "ablation")
+    simulated = args.kind in ("polychromatic", "realism", "ablation", *NETWORK_KINDS)
     if not simulated:
         volume, _ = model(args, volume)
     center = volume.center.to(torch.float64).cpu()
@@ -307,6 +322,8 @@ def run(args, outputs=None) -> int:
         stage.folder(out)
         if args.kind == "ablation":
             report = _ablation(args, volume, detector, out, ct_name)
+        elif args.kind in NETWORK_KINDS:
+            report = run_network(args, volume, detector, out, ct_name, device)
         elif args.kind in SIMILARITY_KINDS:
             report = run_similarity(args, volume, image, detector, truth, out, common, ct_name, device)
         elif args.kind == "realism":

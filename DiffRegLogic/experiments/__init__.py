@@ -15,6 +15,8 @@
   registration variant (`VARIANTS`).
 * `ablation`: the pose network's parts (the MICCAI 2023 poster's Table 3),
   each row trained with the same budget and tested on held-out DRRs.
+* `network_realism`: a trained pose network on realistic simulated X-rays
+  (the realism presets), alone and refined by each registration variant.
 * `similarity_landscapes`, `similarity_convergence`, `similarity_robustness`:
   the learned similarity (Chen & Kong, WACV 2026) against image
   similarities: capture range along the six axes (`capture_range`, their
@@ -69,6 +71,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".polychromatic_study": "polychromatic POLY_COLUMNS",
     ".realism_study": "realism VARIANTS REALISM_COLUMNS CONVENTION_MODES as_line_integral",
     ".ablation_study": "ablation CASE_COLUMNS SUMMARY_COLUMNS SEARCH_ABOUT_NETWORK",
+    ".network_realism_study": "network_realism NETWORK_REALISM_COLUMNS",
     ".similarity_study": "capture_range similarity_landscapes similarity_convergence CAPTURE_RTOL CAPTURE_COLUMNS "
                          "CONVERGENCE_COLUMNS CONVERGENCE_START_COLUMNS CONVERGENCE_POINTS BASIN_MM",
     ".similarity_robustness_study": "similarity_robustness SIMILARITY_ROBUSTNESS_COLUMNS",

@@ -44,7 +44,7 @@ from ..geometry.detector import Detector
 from ..geometry.rigid import so3_log
 from ..volume.ct import Volume
 from . import ABLATION_ROWS
-from .common import N_TARGET_POINTS, keep_rows_on_interrupt
+from .common import N_TARGET_POINTS, TEST_SEED_OFFSET, keep_rows_on_interrupt
 from .reports import fmt, markdown_table, write_csv
 
 AXES = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
@@ -140,7 +140,7 @@ def ablation(
     reference_pose = torch.as_tensor(reference_pose, dtype=torch.float64).reshape(4, 4)
     center = volume.center.to(torch.float64).cpu()
     points = evaluation.target_points(volume.to("cpu"), N_TARGET_POINTS, seed=seed)
-    test_seed = int(seed) + 7_919_003  # disjoint from the trainer's training and validation streams
+    test_seed = int(seed) + TEST_SEED_OFFSET
     images, truths = test_cases(volume, detector, reference_pose, train_config.pose_range, n, test_seed,
                                 train_config.renderer, test_augmentation)
     refine_options = dict(refine_options or {})

@@ -22,6 +22,10 @@ PLOT_SIZE = (640, 360)
 N_TARGET_POINTS = 1000
 """CT points of the mTRE in `robustness` and `polychromatic`."""
 
+TEST_SEED_OFFSET = 7_919_003
+"""Added to the seed of the pose network's held-out test poses (`ablation`, `network_realism`): disjoint from the
+trainer's training and validation streams."""
+
 
 class ExperimentInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM during an experiment, raised after the rows finished so far were written to ``kept``."""

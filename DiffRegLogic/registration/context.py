@@ -10,7 +10,8 @@ cancel function asks to stop.
 ``from_first @ pose`` and returns the mean of the views' similarities; with
 ``options.footprint_mask`` each view's mask is multiplied by the CT's
 footprint at the current pose (`DiffRegLogic.drr.footprint`), re-estimated
-at every evaluation, with no gradient through it.
+at every evaluation, with no gradient through it (a pose whose footprint
+leaves no pixel is compared over the plain mask).
 """
 
 from __future__ import annotations
@@ -86,13 +87,24 @@ class RegistrationContext:
         return drr.to(self.dtype)
 
     def view_mask(self, view: ViewLevel, poses: torch.Tensor) -> torch.Tensor | None:
-        """The weights of one view at ``poses`` (B, 4, 4): its mask, times the CT's footprint when asked."""
+        """The weights of one view at ``poses`` (B, 4, 4): its mask, times the CT's footprint when asked.
+
+        A pose where the footprint leaves no pixel of the mask (the optimiser
+        moved a start where every ray misses the CT or crosses a cut face)
+        is compared over the view's own mask instead, so that one stray start
+        neither stops the registration nor loses its gradient back.
+        """
         if not self.opts.footprint_mask:
             return view.mask
         from ..drr.footprint import footprint_mask, masked_by_footprint
 
         footprint = footprint_mask(view.volume, view.detector, poses.detach(), exclude_cut_faces=True).to(self.dtype)
-        return masked_by_footprint(view.mask, footprint)
+        weights = masked_by_footprint(view.mask, footprint)
+        empty = weights.flatten(1).sum(1) <= 0
+        if bool(empty.any()):
+            weights = torch.where(empty[:, None, None], masked_by_footprint(view.mask, torch.ones_like(footprint)),
+                                  weights)
+        return weights
 
     def evaluate_views(self, level: Level, x: torch.Tensor) -> torch.Tensor:
         """(V, B) similarity of every view at parameters x (B, 6) on ``level`` (autograd kept)."""

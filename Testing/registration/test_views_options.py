@@ -82,6 +82,24 @@ def test_the_footprint_mask_keeps_a_truncated_ct_on_target(biplane):
     assert errors[True] < 10.0 and errors[True] < 0.5 * errors[False], errors
 
 
+def test_a_pose_whose_footprint_covers_nothing_is_compared_over_the_plain_mask(biplane):
+    b = biplane
+    center, target = b["center"], b["target"]
+    xray = render(b["volume"], DETECTOR, target)[0]
+    params = PoseParameters("se3", target, center, DETECTOR.sdd)
+    level = build_view_levels(b["volume"], [(xray.double(), DETECTOR, None, None, 600.0)], (2.0,))[0]
+    ctx = RegistrationContext(make_options(footprint_mask=True), params, as_measure("zncc"), torch.float64,
+                              None, None, 1)
+    away = perturb_pose(target, torch.tensor([[0.0, 0.0, 0.0, 5000.0, 0.0, 0.0]], dtype=torch.float64), center)
+    poses = torch.cat([target[None].to(torch.float64), away])  # the second moves the CT 5 m off the beam
+    view = level.views[0]
+    footprint = footprint_mask(view.volume, view.detector, poses, exclude_cut_faces=True)
+    assert footprint[0].sum() > 0 and footprint[1].sum() == 0
+    weights = ctx.view_mask(view, poses)
+    torch.testing.assert_close(weights[0], footprint[0].to(torch.float64))
+    torch.testing.assert_close(weights[1], torch.ones_like(weights[1]))  # no mask given: every pixel
+
+
 class _Found:
     def __init__(self, poses, info):
         self.poses, self.info = poses, info
