@@ -63,6 +63,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--reference-pose", default=None,
                    help="pose JSON the training poses are sampled about (default: an AP view of the CT centre at "
                         "--source-to-isocenter)")
+    p.add_argument("--reference-xray", default=None,
+                   help="DICOM XA/RF X-ray whose C-arm angles and source-to-isocentre distance give the reference "
+                        "view about the CT centre (instead of --reference-pose)")
     p.add_argument("--source-to-isocenter", type=float, default=None,
                    help="source-to-CT-centre distance of the default AP reference view, mm (default: SDD / 2)")
     p.add_argument("--out", required=True, help="model file (.pt): weights, settings, CT and detector fingerprints")
@@ -131,10 +134,7 @@ def check(args):
     if args.geometry is None and args.ct != PHANTOM:
         raise InputError("--geometry G.json is needed: the detector of the X-rays the model will see "
                          "(source_to_detector_mm, rows, cols, pixel_spacing_mm)")
-    for option in ("geometry", "reference_pose"):
-        path = getattr(args, option)
-        if path is not None and not Path(path).exists():
-            raise InputError(f"--{option.replace('_', '-')} file not found: {path}")
+    check_reference_options(args)
     if args.minutes is not None and not (args.minutes > 0 and args.minutes < 1e6):
         raise InputError(f"--minutes must be a positive number of minutes, got {args.minutes:g}")
     if args.steps is not None and args.steps < 1:
@@ -158,9 +158,24 @@ def check(args):
         args.no_positional_embedding = True  # the embedding is added to the attention's tokens
     if args.resume and not Path(args.out).is_file():
         raise InputError(f"--resume continues the training saved in --out, but {args.out} does not exist")
-    outputs = Outputs([args.ct, args.geometry, args.reference_pose])
+    outputs = Outputs([args.ct, args.geometry, args.reference_pose, args.reference_xray])
     outputs.file(args.out, "--out")
     return outputs
+
+
+def check_reference_options(args) -> None:
+    """The geometry and reference-view files exist; ``--reference-xray`` stands alone (torch-free)."""
+    from pathlib import Path
+
+    for option in ("geometry", "reference_pose", "reference_xray"):
+        path = getattr(args, option)
+        if path is not None and not Path(path).exists():
+            raise InputError(f"--{option.replace('_', '-')} file not found: {path}")
+    if args.reference_xray is not None:
+        for other in ("reference_pose", "source_to_isocenter"):
+            if getattr(args, other) is not None:
+                raise InputError(f"--reference-xray and --{other.replace('_', '-')} both give the reference view "
+                                 f"(the X-ray's DICOM states its source-to-isocentre distance): keep one")
 
 
 def train_config(args):
@@ -188,12 +203,23 @@ def train_config(args):
 
 
 def reference_pose_of(args, volume, detector):
-    """(4, 4) float64: ``--reference-pose``, or the AP view at ``--source-to-isocenter`` (default SDD / 2)."""
+    """(4, 4) float64: ``--reference-pose``, the C-arm angles of ``--reference-xray`` about the CT centre, or
+    the AP view at ``--source-to-isocenter`` (default SDD / 2)."""
     from ..geometry.files import read_pose
     from ..learning.poses import reference_view
 
     if args.reference_pose is not None:
         return read_pose(args.reference_pose)
+    if getattr(args, "reference_xray", None) is not None:
+        from ..registration.initializers import ClinicalAngles
+        from ..xray.readers import read_xray
+
+        xray = read_xray(args.reference_xray)
+        try:
+            angles = ClinicalAngles.from_xray(xray)
+        except InputError as exc:
+            raise InputError(f"--reference-xray {args.reference_xray}: {exc}") from None
+        return angles(xray, detector, volume)[0]
     return reference_view(volume, detector, args.source_to_isocenter)
 
 

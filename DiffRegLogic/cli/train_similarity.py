@@ -69,10 +69,9 @@ def check_similarity_arguments(args):
     if args.geometry is None and args.ct != PHANTOM and not args.phantoms:
         raise InputError("--geometry G.json is needed: the detector of the X-rays the similarity will see "
                          "(source_to_detector_mm, rows, cols, pixel_spacing_mm)")
-    for option in ("geometry", "reference_pose"):
-        path = getattr(args, option)
-        if path is not None and not Path(path).exists():
-            raise InputError(f"--{option.replace('_', '-')} file not found: {path}")
+    from .train import check_reference_options
+
+    check_reference_options(args)
     if args.minutes is not None and not (0 < args.minutes < 1e6):
         raise InputError(f"--minutes must be a positive number of minutes, got {args.minutes:g}")
     if args.steps is not None and args.steps < 1:
@@ -96,7 +95,7 @@ def check_similarity_arguments(args):
         raise InputError(f"--lr must be in (0, 1), got {args.lr:g}")
     if args.resume and not Path(args.out).is_file():
         raise InputError(f"--resume continues the training saved in --out, but {args.out} does not exist")
-    outputs = Outputs([args.ct, args.geometry, args.reference_pose])
+    outputs = Outputs([args.ct, args.geometry, args.reference_pose, args.reference_xray])
     outputs.file(args.out, "--out")
     return outputs
 
@@ -141,7 +140,7 @@ def run_similarity(args) -> int:
     if not args.phantoms:
         reference = reference_pose_of(args, volume, detector)
         check_reference_view(volume, detector, reference)
-    elif args.reference_pose is not None:
+    elif args.reference_pose is not None or args.reference_xray is not None:
         reference = reference_pose_of(args, volume, detector)
     config = replace(similarity_config(args), device=str(device))
     main_rank = int(os.environ.get("RANK", "0")) == 0

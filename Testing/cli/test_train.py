@@ -196,3 +196,34 @@ def test_demo_auto_trains_then_registers_from_the_network(tmp_path):
     expected = network(target, demo_detector(), None)[0]  # the saved model on the saved X-ray, here
     np.testing.assert_allclose(result["start_camera_from_world"], expected.numpy(), atol=1e-4)
     assert result["network"]["hypotheses"] == 4 and result["registration"]["initial_camera_from_world"]
+
+
+def test_the_reference_view_can_come_from_a_dicom_x_rays_c_arm_angles(case, tmp_path, capsys):
+    from Testing.references import write_dicom
+
+    tags = dict(DistanceSourceToDetector="1020", ImagerPixelSpacing=["9.375", "9.375"],
+                DistanceSourceToPatient="600", PositionerPrimaryAngle="20", PositionerSecondaryAngle="-10")
+    dicom = write_dicom(tmp_path / "view.dcm", np.arange(64 * 64).reshape(64, 64) % 700 + 100, **tags)
+    model = tmp_path / "model.pt"
+    assert main(["train", "--ct", "phantom", "--geometry", str(case["geometry"]), "--reference-xray", str(dicom),
+                 "--out", str(model), "--progress", "none", *TINY]) == 0
+    # the independent path: diffreg pose from the same angles about the CT centre
+    assert main(["pose", "--ct", "phantom", "--clinical", "20", "-10", "--source-to-isocenter", "600",
+                 "--out", str(tmp_path / "pose.json")]) == 0
+    from DiffRegLogic.geometry.files import read_pose
+
+    expected = read_pose(tmp_path / "pose.json").reshape(4, 4)
+    network = PoseNetworkInitializer.from_file(model, case["volume"], DETECTOR)
+    torch.testing.assert_close(network.reference_pose, expected, atol=1e-9, rtol=0)
+    capsys.readouterr()
+    refused = tmp_path / "refused.pt"
+    no_angles = write_dicom(tmp_path / "plain.dcm", np.arange(64 * 64).reshape(64, 64) % 700 + 100, DistanceSourceToDetector="1020")
+    for extra, message in ((["--reference-xray", str(dicom), "--reference-pose", str(case["folder"] / "reference.json")],
+                            "keep one"),
+                           (["--reference-xray", str(dicom), "--source-to-isocenter", "500"], "keep one"),
+                           (["--reference-xray", str(tmp_path / "none.dcm")], "not found"),
+                           (["--reference-xray", str(no_angles)], "--reference-xray")):
+        assert main(["train", "--ct", "phantom", "--geometry", str(case["geometry"]), "--out", str(refused),
+                     *extra, *TINY]) == 2
+        assert message in capsys.readouterr().err
+        assert not refused.exists()
