@@ -88,7 +88,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="robustness: optimisers (default adam gddm gdm gd); similarity-convergence: default gd adam "
                         "lm; similarity-robustness: the first (default adam)")
     p.add_argument("--n", type=int, default=None,
-                   help="random starts (default 100; realism: 10 per preset and variant)")
+                   help="random starts (default 100; realism: 10 per preset and variant; ablation and "
+                        "network-realism: 20 test poses)")
     p.add_argument("--max-rot", type=float, default=None,
                    help=f"range of the rotation offsets, deg (default {WIDE_STARTS[0]:g}; polychromatic: "
                         f"{NEAR_STARTS[0]:g})")
@@ -200,11 +201,11 @@ def _check_realism(args) -> None:
         if len(set(names)) != len(names):
             raise InputError(f"{option} lists a name twice: {' '.join(names)}")
     if args.renderer == POLYCHROMATIC:
-        raise InputError("the realism experiment's model is monochromatic (its polychromatic preset simulates the "
-                         "X-ray side); use --renderer siddon or trilinear")
+        raise InputError(f"the {args.kind} experiment's model is monochromatic (its polychromatic preset simulates "
+                         "the X-ray side); use --renderer siddon or trilinear")
     for name, default in REALISM_FLAGS:
         if getattr(args, name) != default:
-            raise InputError(f"the realism experiment takes its degradations from --presets; drop "
+            raise InputError(f"the {args.kind} experiment takes its degradations from --presets; drop "
                              f"--{name.replace('_', '-')}")
     if args.detector_pixels is not None:
         check_number("--detector-pixels", args.detector_pixels, 4, MAX_DETECTOR_SIDE, integer=True)

@@ -33,6 +33,11 @@ def check_network(args) -> list[str]:
                          f"; train one with `diffreg train --ct CT --geometry G.json --out MODEL.pt`")
     if args.xray is not None or args.truth is not None:
         raise InputError("network-realism simulates its X-rays at poses in the model's range; drop --xray and --truth")
+    for name, why in (("source_to_isocenter", "the model's reference view is fixed"),
+                      ("train_minutes", "the model is trained already"), ("train_steps", "the model is trained already"),
+                      ("optimizers", "the refinement takes the registration's optimiser")):
+        if getattr(args, name, None) is not None:
+            raise InputError(f"--{name.replace('_', '-')} is not an option of network-realism: {why}")
     for name in ("max_rot", "max_trans"):
         value = getattr(args, name)
         if value is not None and not value > 0:

@@ -218,7 +218,8 @@ def reference_pose_of(args, volume, detector):
         try:
             angles = ClinicalAngles.from_xray(xray)
         except InputError as exc:
-            raise InputError(f"--reference-xray {args.reference_xray}: {exc}") from None
+            raise InputError(f"--reference-xray {args.reference_xray}: {exc}; or give --reference-pose P.json") \
+                from None
         return angles(xray, detector, volume)[0]
     return reference_view(volume, detector, args.source_to_isocenter)
 
@@ -228,11 +229,12 @@ def check_reference_view(volume, detector, reference) -> None:
     from ..drr.footprint import footprint_mask
     from ..registration.checks import check_start
 
-    check_start(volume, detector, reference, "the reference pose (--reference-pose or --source-to-isocenter)")
+    check_start(volume, detector, reference,
+                "the reference pose (--reference-pose, --reference-xray or --source-to-isocenter)")
     coarse = detector.downsample(max(1.0, max(detector.shape) / 64.0))
     if not bool((footprint_mask(volume, coarse, reference)[0] > 0).any()):
         raise InputError("at the reference pose the CT's footprint covers none of the detector: every training DRR "
-                         "would be blank; check --reference-pose (or --source-to-isocenter) and --geometry")
+                         "would be blank; check --reference-pose (or --reference-xray, --source-to-isocenter) and --geometry")
 
 
 def read_training_inputs(args, device):

@@ -8,8 +8,8 @@ a polychromatic beam, all together), as an intra-operative X-ray would be.
 
 Test cases: ``n`` true poses sampled uniformly in the model's training range
 (or ``pose_range``) about its reference view, with the ablation's test seed
-(``seed + TEST_SEED_OFFSET``: for the ``clean`` preset the poses, and so the
-network's errors, are the ablation's held-out cases of the same model). Per
+(``seed + TEST_SEED_OFFSET``: in the model's own range these are the poses the
+ablation tests with the same seed and range). Per
 preset and case: ``simulate_xray(hu, affine, detector, pose, preset(name,
 seed + case))`` (each case its own noise and instruments); the stored image
 becomes a line integral from its known convention (``convention="known"``)
@@ -152,7 +152,9 @@ def network_realism(
                 model = sim.model.to(volume.mu.device)
                 t0 = time.perf_counter()
                 if convention == "detect":  # as diffreg register --model: nothing states the convention
-                    stated = XRay(image=sim.image.to(torch.float64).cpu(), meta={"intensity_source": "default"})
+                    shutter = None if sim.collimation_mask is None else sim.collimation_mask.cpu() > 0.5
+                    stated = XRay(image=sim.image.to(torch.float64).cpu(), mask=shutter,  # as a DICOM's shutter
+                                  meta={"intensity_source": "default"})
                     resolved, poses = network_start(network, stated, detector, model, first.renderer,
                                                     **render_options)
                     xray, used = resolved.image, resolved.meta.get("intensity_detected", "line_integral")
@@ -199,6 +201,7 @@ def network_realism(
     write_csv(paths["csv"], NETWORK_REALISM_COLUMNS, _cells(rows))
     facts = dict(n=n, seed=seed, convention=convention, network_success_mm=network_success_mm,
                  refined_success_mm=refined_success_mm, pose_range=pose_range or network.info.pose_range,
+                 own_range=pose_range is None,
                  options=options, hypotheses=network.hypotheses, seconds=seconds)
     paths["markdown"].write_text("\n".join(_markdown(summary, table, facts, ct_name)) + "\n", encoding="utf-8")
     save_png(paths["png"], stack_panels(panels))
@@ -222,9 +225,10 @@ def _summary(rows: list[dict]) -> dict:
 
 def _markdown(summary: dict, table: dict, facts: dict, ct_name: str) -> list[str]:
     pose_range = facts["pose_range"]
+    same = "; the poses the ablation tests with this seed and the model's range" if facts["own_range"] else ""
     header = ["preset", "network: median mTRE (mm)", f"network SR (< {facts['network_success_mm']:g} mm)", "variant",
               f"refined SR (< {facts['refined_success_mm']:g} mm)", "refined median (mm)", "refined worst (mm)",
-              "s / case"]
+              "s / case (network + registration)"]
     body = [[p, fmt(s["network_median_mtre_mm"], 2), f"{s['network_success_rate']:.0%}", v,
              f"{s['success_rate']:.0%}", fmt(s["median_final_mtre_mm"], 2), fmt(s["max_final_mtre_mm"], 2),
              fmt(s["median_seconds"], 2)]
@@ -232,8 +236,8 @@ def _markdown(summary: dict, table: dict, facts: dict, ct_name: str) -> list[str
     variants = "; ".join(f"{name}: {settings or 'the defaults'}" for name, settings in table.items())
     return [f"# The pose network on realistic X-rays ({ct_name})", "",
             f"{facts['n']} test poses per preset, uniform in ±{pose_range.rotation_deg[0]:g}° / "
-            f"±{pose_range.translation_mm[0]:g} mm about the model's reference view (seed {facts['seed']}; the "
-            f"clean preset's poses are the ablation's held-out cases); each case simulated with the preset (its own "
+            f"±{pose_range.translation_mm[0]:g} mm about the model's reference view (seed {facts['seed']}"
+            f"{same}); each case simulated with the preset (its own "
             f"noise and instruments), converted to a line integral ({facts['convention']} convention), predicted "
             f"by the network ({facts['hypotheses']} hypotheses) and registered from them by each variant "
             f"({variants}; base options: {facts['options'] or 'the registration defaults'}).", "",

@@ -92,7 +92,7 @@ class RegistrationContext:
         A pose where the footprint leaves no pixel of the mask (the optimiser
         moved a start where every ray misses the CT or crosses a cut face)
         is compared over the view's own mask instead, so that one stray start
-        neither stops the registration nor loses its gradient back.
+        does not stop the registration (the multi-start keeps the best start).
         """
         if not self.opts.footprint_mask:
             return view.mask

@@ -222,7 +222,7 @@ def test_the_reference_view_can_come_from_a_dicom_x_rays_c_arm_angles(case, tmp_
                             "keep one"),
                            (["--reference-xray", str(dicom), "--source-to-isocenter", "500"], "keep one"),
                            (["--reference-xray", str(tmp_path / "none.dcm")], "not found"),
-                           (["--reference-xray", str(no_angles)], "--reference-xray")):
+                           (["--reference-xray", str(no_angles)], "lacks the DICOM tags")):
         assert main(["train", "--ct", "phantom", "--geometry", str(case["geometry"]), "--out", str(refused),
                      *extra, *TINY]) == 2
         assert message in capsys.readouterr().err

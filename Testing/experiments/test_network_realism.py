@@ -90,17 +90,28 @@ def test_clean_x_rays_give_the_networks_own_errors_and_register(case, tmp_path):
     assert "| clean |" in (tmp_path / "network_realism.md").read_text()
 
 
-def test_a_raw_x_ray_is_detected_as_register_model_does_and_each_case_has_its_own_noise(case, tmp_path):
+def test_a_raw_x_ray_is_detected_as_register_model_does_and_each_case_has_its_own_noise(case, tmp_path,
+                                                                                       monkeypatch):
+    from DiffRegLogic.experiments import network_realism_study
+
+    seeds, simulate = [], network_realism_study.simulate_xray
+
+    def recording(*args, **kwargs):
+        seeds.append((args[4].seed, args[4].realism.photons_per_pixel))
+        return simulate(*args, **kwargs)
+
+    monkeypatch.setattr(network_realism_study, "simulate_xray", recording)
     report = network_realism(case["volume"], DETECTOR, case["network"], tmp_path, presets=("raw", "noise"),
                              variants={"plain": {}}, n=2, seed=0, options=REFINE, convention="detect", log=None)
     rows = _rows(tmp_path / "network_realism.csv")
     assert [(r["preset"], r["case"]) for r in rows] == [("raw", "0"), ("raw", "1"), ("noise", "0"), ("noise", "1")]
     assert {r["convention"] for r in rows if r["preset"] == "raw"} == {"intensity"}
     assert report["summary"]["raw"]["plain"]["success_rate"] == 1.0  # the raw image, once converted, registers
-    # same poses, independent noise per case: the noisy cases' network errors differ from the clean ones
+    # each case its own seed of the noise and instruments (seed + case), the preset's own degradation
+    assert seeds == [(0, None), (1, None), (0, 1e3), (1, 1e3)]
     raw = [float(r["network_mtre_mm"]) for r in rows if r["preset"] == "raw"]
     noisy = [float(r["network_mtre_mm"]) for r in rows if r["preset"] == "noise"]
-    assert raw != pytest.approx(noisy, abs=1e-6)
+    assert raw != pytest.approx(noisy, abs=1e-6)  # same poses: the noise changed what the network saw
 
 
 def test_bad_arguments_are_refused(case, tmp_path):
@@ -126,6 +137,9 @@ def test_the_command_line_runs_it_and_refuses_what_it_cannot_use(case, tmp_path,
     for extra, message in ((["--model", str(tmp_path / "none.pt")], "does not exist"),
                            (["--xray", str(case["geometry"])], "drop --xray"),
                            (["--max-rot", "0"], "above 0"),
+                           (["--source-to-isocenter", "500"], "reference view is fixed"),
+                           (["--train-steps", "5"], "trained already"),
+                           (["--optimizers", "lm"], "not an option of network-realism"),
                            (["--detector-pixels", "20"], "--detector-pixels is for the realism")):
         assert main(base + extra + ["--out", str(tmp_path / "refused")]) == 2
         assert message in capsys.readouterr().err
