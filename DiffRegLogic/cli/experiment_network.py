@@ -55,6 +55,7 @@ def run_network(args, volume, detector, out, ct_name: str, device):
     from ..learning.inference import PoseNetworkInitializer
     from ..learning.poses import PoseRange
     from .common import hu_conversion
+    from .experiment import n_starts
     from .options import POLYCHROMATIC
 
     network = PoseNetworkInitializer.from_file(args.model, volume, detector, hypotheses=args.hypotheses,
@@ -72,6 +73,6 @@ def run_network(args, volume, detector, out, ct_name: str, device):
     if args.iterations is not None:
         options["max_iterations"] = args.iterations
     return network_realism(volume, detector, network, out, presets=tuple(args.presets),
-                           variants=tuple(args.variants), n=args.n if args.n is not None else 20, seed=args.seed,
+                           variants=tuple(args.variants), n=n_starts(args), seed=args.seed,
                            pose_range=pose_range, options=options, convention=args.convention,
                            hu_to_mu=hu_conversion(args), ct_name=ct_name)

@@ -65,22 +65,6 @@ def held_out_poses(network, n: int, seed: int, pose_range=None) -> torch.Tensor:
     return poses_from_motions(network.reference_pose, sample_motions(n, pose_range, generator), network.center)
 
 
-def _variant_table(variants) -> dict[str, dict]:
-    from . import REALISM_VARIANTS
-
-    if isinstance(variants, Mapping):
-        table = {str(k): dict(v or {}) for k, v in variants.items()}
-    else:
-        table = {}
-        for name in _names(variants, "variants"):
-            if name not in REALISM_VARIANTS:
-                raise InputError(f"unknown registration variant {name!r}; choose from {', '.join(REALISM_VARIANTS)}")
-            table[name] = dict(REALISM_VARIANTS[name])
-    if not table:
-        raise InputError("variants is empty: give at least one (name -> make_options settings)")
-    return table
-
-
 def network_realism(
     volume: Volume,
     detector: Detector,
@@ -114,7 +98,7 @@ def network_realism(
     from ..registration.initializers import FixedPose
     from ..registration.options import make_options
     from ..xray.image import XRay
-    from .realism_study import CONVENTION_MODES, as_line_integral, matched_model
+    from .realism_study import CONVENTION_MODES, as_line_integral, matched_model, variant_table
 
     if not isinstance(volume, Volume):
         raise InputError(f"volume must be a DiffRegLogic Volume, got {type(volume).__name__}")
@@ -125,7 +109,7 @@ def network_realism(
         preset(name)  # InputError naming the known presets
     if convention not in CONVENTION_MODES:
         raise InputError(f"unknown convention mode {convention!r}; choose one of {', '.join(CONVENTION_MODES)}")
-    table = _variant_table(variants)
+    table = variant_table(variants)
     n = _count(n, "n")
     opts = {name: make_options(**{**dict(options or {}), **{k: v for k, v in s.items() if k != "model"}})
             for name, s in table.items()}
@@ -144,6 +128,7 @@ def network_realism(
                                 lambda: _cells(rows)):
         for name in preset_names:
             t_preset = time.perf_counter()
+            matched = None  # the beam-matched model of "model": "matched" variants, built once per preset
             for k in range(n):
                 truth = truths[k]
                 sim = simulate_xray(hu, volume.affine.cpu(), detector, truth, preset(name, int(seed) + k),
@@ -173,8 +158,11 @@ def network_realism(
                     panels.append(panel_row([grey(sim.image.cpu()), grey(xray.cpu()), grey(at_truth.cpu())],
                                             [name, "network / registration input", "model at truth"]))
                 for variant, opt in opts.items():
-                    model_v = matched_model(model, sim.degradation) if table[variant].get("model") == "matched" \
-                        else model
+                    model_v = model
+                    if table[variant].get("model") == "matched":
+                        if matched is None:  # the preset's model is the same CT (cropped alike) at every case
+                            matched = matched_model(model, sim.degradation)
+                        model_v = matched
                     t1 = time.perf_counter()
                     result = register(model_v, xray, detector, FixedPose(poses.to(model.mu.device)), opt,
                                       mask=field)

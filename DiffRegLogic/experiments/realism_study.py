@@ -105,7 +105,8 @@ def _detected(image: torch.Tensor, drr) -> tuple[torch.Tensor, str]:
     return detection.apply_convention(cpu, found.convention), found.convention
 
 
-def _variants(variants) -> dict[str, dict]:
+def variant_table(variants) -> dict[str, dict]:
+    """{name: settings} of ``variants``: names of `VARIANTS`, or a mapping name -> `make_options` settings."""
     if isinstance(variants, Mapping):
         table = {str(k): dict(v or {}) for k, v in variants.items()}
         if not table:
@@ -169,7 +170,7 @@ def realism(
     preset_names = _names(presets, "presets")
     for name in preset_names:
         preset(name)  # InputError naming the known presets
-    table = _variants(variants)
+    table = variant_table(variants)
     n = _count(n, "n")
     max_rot = _nonnegative(max_rotation_deg, "max_rotation_deg")
     max_trans = _nonnegative(max_translation_mm, "max_translation_mm")
